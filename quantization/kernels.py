@@ -1,0 +1,224 @@
+"""Triton kernels for MX block quantization: one fused pass per call (block amax, shared exponent, rounding,
+dequantized output and/or packed 4-bit codes + E8M0 scales).
+
+They follow reference.py step for step; every step is exact, so results agree bit for bit. The same source runs
+under ``TRITON_INTERPRET=1`` on the CPU (no autotune, plain ``tl`` ops only).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .formats import BLOCK_SIZE, ElementFormat
+
+ROUNDING_CODES = {"nearest": 0, "even": 1, "stochastic": 2, "ema": 3}
+
+
+@triton.jit
+def _pow2(k):
+    """2**k as fp32 for int32 k in [-127, 127], built from the bit pattern."""
+    bits = tl.where(k >= -126, (k + 127) << 23, 1 << 22)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _exponent_field(x):
+    return ((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+
+
+@triton.jit
+def _fmix32(h):
+    h = h ^ (h >> 16)
+    h = h * 0x85EBCA6B
+    h = h ^ (h >> 13)
+    h = h * 0xC2B2AE35
+    return h ^ (h >> 16)
+
+
+@triton.jit
+def _uniform(index, seed0, seed1):
+    h = index.to(tl.uint32) ^ seed0.to(tl.uint32)
+    h = _fmix32(_fmix32(h) ^ seed1.to(tl.uint32))
+    return (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit
+def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
+                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_VALUE: tl.constexpr,
+                   MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr,
+                   RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+    """Quantize an fp32 tile given its (broadcastable) block amax. Returns (dequantized, code, biased scale)."""
+    amax = tl.where(finite, amax, 0.0)
+    amax_bits = amax.to(tl.int32, bitcast=True)
+    s = ((amax_bits >> 23) & 0xFF) - 127 - EMAX
+    if RCEIL:
+        s += ((amax_bits & 0x7FFFFF) > MAX_MANT_FIELD).to(tl.int32)
+    s = tl.minimum(tl.maximum(s, -127), 127)
+    v = x * _pow2(-s)
+    negative = v.to(tl.int32, bitcast=True) < 0
+    sign = tl.where(negative, -1.0, 1.0)
+    av = tl.abs(v)
+    binade = tl.minimum(tl.maximum(_exponent_field(av), EMIN), EMAX)
+    step = _pow2(binade - MAN_BITS)
+    a = av * _pow2(MAN_BITS - binade)
+    low = tl.floor(a)
+    frac = a - low
+    if ROUNDING == 0:
+        up = frac >= 0.5
+    elif ROUNDING == 1:
+        low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
+        up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
+    elif ROUNDING == 2:
+        up = _uniform(index, seed0, seed1) < frac
+    else:
+        up = sign * (ema * _pow2(-s)) >= (low + 0.5) * step
+    k = low + up.to(tl.float32)
+    magnitude = tl.minimum(k * step, MAX_VALUE)
+    deq = magnitude * sign * _pow2(s)
+    deq = tl.where(finite, deq, float("nan"))
+    code = tl.minimum((binade - EMIN) * (1 << MAN_BITS) + k.to(tl.int32), MAX_CODE)
+    code = tl.where(negative, code | SIGN_BIT, code)
+    code = tl.where(finite, code, 0)
+    scale = tl.where(finite, s + 127, 255)
+    return deq, code, scale
+
+
+@triton.jit
+def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, seed0, seed1,
+                          GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_PACKED: tl.constexpr,
+                          MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
+                          MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
+                          SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+    """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short)."""
+    blocks_per_row = tl.cdiv(cols, 32)
+    group = tl.program_id(0).to(tl.int64) * GROUPS + tl.arange(0, GROUPS)
+    row = group // blocks_per_row
+    col0 = (group % blocks_per_row) * 32
+    lane = tl.arange(0, 32)
+    col = col0[:, None] + lane[None, :]
+    mask = (row[:, None] < rows) & (col < cols)
+    offs = row[:, None] * cols + col
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    ax = tl.abs(x)
+    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
+    amax = tl.max(ax, axis=1)
+    ema = x
+    if ROUNDING == 3:
+        ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    deq, code, scale = _quantize_tile(x, amax[:, None], finite[:, None], offs, ema, seed0, seed1, MAN_BITS, EMIN,
+                                      EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    if WRITE_Y:
+        tl.store(y_ptr + offs, deq.to(y_ptr.dtype.element_ty), mask=mask)
+    if WRITE_PACKED:
+        low_code, high_code = tl.split(tl.reshape(code, (GROUPS, 16, 2)))
+        byte = (low_code | (high_code << 4)).to(tl.uint8)
+        half = tl.arange(0, 16)
+        pcol = col0[:, None] // 2 + half[None, :]
+        pmask = (row[:, None] < rows) & (2 * pcol < cols)
+        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pcol, byte, mask=pmask)
+        tl.store(scales_ptr + group, tl.max(scale, axis=1).to(tl.uint8), mask=row < rows)
+
+
+@triton.jit
+def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, seed0, seed1,
+                          BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_PACKED: tl.constexpr,
+                          MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
+                          MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
+                          SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+    """Each program handles one band of 32 rows x BLOCK_C columns; each column of the band is one block."""
+    row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
+    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (row[:, None] < rows) & (col[None, :] < cols)
+    offs = row[:, None] * cols + col[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    ax = tl.abs(x)
+    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=0) == 0
+    amax = tl.max(ax, axis=0)
+    ema = x
+    if ROUNDING == 3:
+        ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    deq, code, scale = _quantize_tile(x, amax[None, :], finite[None, :], offs, ema, seed0, seed1, MAN_BITS, EMIN,
+                                      EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    if WRITE_Y:
+        tl.store(y_ptr + offs, deq.to(y_ptr.dtype.element_ty), mask=mask)
+    if WRITE_PACKED:
+        low_code, high_code = tl.split(tl.reshape(code, (32, BLOCK_C // 2, 2)))
+        byte = (low_code | (high_code << 4)).to(tl.uint8)
+        pcol = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+        pmask = (row[:, None] < rows) & (2 * pcol[None, :] < cols)
+        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pcol[None, :], byte, mask=pmask)
+        tl.store(scales_ptr + tl.program_id(0) * cols + col, tl.max(scale, axis=0).to(tl.uint8), mask=col < cols)
+
+
+@triton.jit
+def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_BLOCKS: tl.constexpr,
+                       MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
+                       SIGN_BIT: tl.constexpr):
+    """Packed codes + biased E8M0 scales -> values; ROW_BLOCKS selects the 32x1 scale layout."""
+    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (row[:, None] < rows) & (col[None, :] < cols)
+    byte = tl.load(packed_ptr + row[:, None] * ((cols + 1) // 2) + col[None, :] // 2, mask=mask, other=0)
+    code = (byte.to(tl.int32) >> ((col[None, :] % 2) * 4)) & 0xF
+    if ROW_BLOCKS:
+        scale_offs = (row[:, None] // 32) * cols + col[None, :]
+    else:
+        scale_offs = row[:, None] * tl.cdiv(cols, 32) + col[None, :] // 32
+    biased = tl.load(scales_ptr + scale_offs, mask=mask, other=0).to(tl.int32)
+    magnitude = code & MAX_CODE
+    field = magnitude >> MAN_BITS
+    mant = magnitude & ((1 << MAN_BITS) - 1)
+    normal = field > 0
+    significand = tl.where(normal, mant + (1 << MAN_BITS), mant).to(tl.float32)
+    exponent = tl.where(normal, field - BIAS, EMIN) - MAN_BITS
+    sign = tl.where((code & SIGN_BIT) != 0, -1.0, 1.0)
+    value = significand * _pow2(exponent) * sign * _pow2(tl.minimum(biased, 254) - 127)
+    value = tl.where(biased == 255, float("nan"), value)
+    tl.store(y_ptr + row[:, None] * cols + col[None, :], value.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _format_args(fmt: ElementFormat) -> dict:
+    return dict(MAN_BITS=fmt.man_bits, EMIN=fmt.emin, MAX_CODE=fmt.max_code, SIGN_BIT=1 << (fmt.bits - 1))
+
+
+def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: str, rounding: str, *,
+                ema2d: torch.Tensor | None, seed: tuple[int, int], want_values: bool, want_packed: bool,
+                groups_1x32: int = 64, block_c_32x1: int = 64):
+    """Launch the fused quantizer on a contiguous 2-D tensor; returns (values or None, packed or None, scales or None)."""
+    rows, cols = x2d.shape
+    device = x2d.device
+    y = torch.empty_like(x2d) if want_values else x2d
+    packed = torch.empty((rows, (cols + 1) // 2), dtype=torch.uint8, device=device) if want_packed else x2d
+    if layout == "1x32":
+        scales_shape = (rows, triton.cdiv(cols, BLOCK_SIZE))
+    else:
+        scales_shape = (triton.cdiv(rows, BLOCK_SIZE), cols)
+    scales = torch.empty(scales_shape, dtype=torch.uint8, device=device) if want_packed else x2d
+    ema = ema2d if ema2d is not None else x2d
+    common = dict(WRITE_Y=want_values, WRITE_PACKED=want_packed, EMAX=fmt.emax, MAX_VALUE=fmt.max_value,
+                  MAX_MANT_FIELD=fmt.max_mantissa_field, RCEIL=scale_rule == "rceil",
+                  ROUNDING=ROUNDING_CODES[rounding], **{k: v for k, v in _format_args(fmt).items()})
+    if rows * cols > 0:
+        if layout == "1x32":
+            n_groups = rows * triton.cdiv(cols, BLOCK_SIZE)
+            grid = (triton.cdiv(n_groups, groups_1x32),)
+            _quantize_1x32_kernel[grid](x2d, ema, y, packed, scales, rows, cols, seed[0], seed[1],
+                                        GROUPS=groups_1x32, **common)
+        else:
+            grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, block_c_32x1))
+            _quantize_32x1_kernel[grid](x2d, ema, y, packed, scales, rows, cols, seed[0], seed[1],
+                                        BLOCK_C=block_c_32x1, **common)
+    return (y if want_values else None), (packed if want_packed else None), (scales if want_packed else None)
+
+
+def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, fmt: ElementFormat, layout: str, rows: int,
+                  cols: int, dtype: torch.dtype, block_r: int = 32, block_c: int = 64) -> torch.Tensor:
+    """Values of packed codes + scales, as a (rows, cols) tensor of ``dtype``."""
+    y = torch.empty((rows, cols), dtype=dtype, device=packed.device)
+    if rows * cols > 0:
+        grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
+        _dequantize_kernel[grid](packed, scales, y, rows, cols, BLOCK_R=block_r, BLOCK_C=block_c,
+                                 ROW_BLOCKS=layout == "32x1", BIAS=fmt.bias, **_format_args(fmt))
+    return y

@@ -1,0 +1,154 @@
+"""The MXFP4 simulated-quantized Linear: one autograd Function applying the six quantizers of a recipe."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import quantize_2d
+from .recipes import ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
+from .reference import dequantize_2d as _reference_dequantize
+from .formats import get_format
+
+QEMA_WARMUP_UPDATES = 10
+
+
+def _quantize(t2d: torch.Tensor, config: QuantizerConfig | None, role: str, *, want_packed: bool = False,
+              ema2d: torch.Tensor | None = None):
+    """Apply one recipe quantizer to a 2-D tensor; returns (values, packed, scales). None config = pass through."""
+    if config is None:
+        return t2d, None, None
+    rounding = config.rounding
+    if rounding == "ema" and ema2d is None:
+        rounding = "nearest"  # Q-EMA before its warm-up has finished
+    return quantize_2d(t2d, ROLE_LAYOUTS[role], config.fmt, config.scale_rule, rounding, ema2d=ema2d,
+                       want_packed=want_packed)
+
+
+def _unpack(packed: torch.Tensor, scales: torch.Tensor, config: QuantizerConfig, role: str, rows: int, cols: int,
+            dtype: torch.dtype) -> torch.Tensor:
+    """Values of a tensor saved in compact form by the forward pass (exactly the forward's quantized values)."""
+    fmt = get_format(config.fmt)
+    layout = ROLE_LAYOUTS[role]
+    if packed.is_cuda:
+        from . import kernels
+
+        return kernels.dequantize_2d(packed, scales, fmt, layout, rows, cols, dtype)
+    return _reference_dequantize(packed, scales, fmt, layout, rows, cols).to(dtype)
+
+
+class MXLinearFunction(torch.autograd.Function):
+    """Y = Q1(X) Q2(W)^T + b; dX = Q3(dY) Q4(W'); dW = Q5(dY)^T Q6(X'); db = sum(dY).
+
+    W' / X' are Q2(W) / Q1(X) when ``recipe.double_quant`` (saved for backward in packed 4-bit form), else the
+    full-precision W / X. Stochastic quantizers draw their seeds in the order Q3, Q4, Q5, Q6.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe,
+                weight_ema: torch.Tensor | None):
+        in_features = x.shape[-1]
+        x2d = x.reshape(-1, in_features).contiguous()
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        pack_x = recipe.double_quant and recipe.q1 is not None and need_dw
+        pack_w = recipe.double_quant and recipe.q2 is not None and need_dx
+        xq, x_packed, x_scales = _quantize(x2d, recipe.q1, "q1", want_packed=pack_x)
+        wq, w_packed, w_scales = _quantize(weight.contiguous(), recipe.q2, "q2", want_packed=pack_w, ema2d=weight_ema)
+        out = F.linear(xq, wq, bias)
+
+        ctx.recipe = recipe
+        ctx.x_shape = x.shape
+        ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
+        ctx.has_bias = bias is not None
+        ctx.pack_x, ctx.pack_w = pack_x, pack_w
+        x_saved = (x_packed, x_scales) if pack_x else (x2d if need_dw else None, None)
+        w_saved = (w_packed, w_scales) if pack_w else (weight if need_dx else None, None)
+        ctx.save_for_backward(*x_saved, *w_saved)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        recipe: Recipe = ctx.recipe
+        x_a, x_b, w_a, w_b = ctx.saved_tensors
+        out_features = grad_out.shape[-1]
+        dy = grad_out.reshape(-1, out_features).contiguous()
+        rows, in_features = dy.shape[0], ctx.x_shape[-1]
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            g3, _, _ = _quantize(dy, recipe.q3, "q3")
+            w_src = (_unpack(w_a, w_b, recipe.q2, "q2", out_features, in_features, ctx.w_dtype)
+                     if ctx.pack_w else w_a)
+            w4, _, _ = _quantize(w_src.contiguous(), recipe.q4, "q4")
+            grad_x = (g3 @ w4.to(g3.dtype)).view(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            g5, _, _ = _quantize(dy, recipe.q5, "q5")
+            x_src = _unpack(x_a, x_b, recipe.q1, "q1", rows, in_features, ctx.x_dtype) if ctx.pack_x else x_a
+            x6, _, _ = _quantize(x_src, recipe.q6, "q6")
+            grad_w = g5.t() @ x6.to(g5.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = dy.sum(0)
+        return grad_x, grad_w, grad_b, None, None
+
+
+class QLinear(nn.Linear):
+    """nn.Linear whose forward and backward GEMM operands go through the recipe's six MX quantizers.
+
+    State dicts stay compatible with nn.Linear (plus ``weight_ema``/``ema_updates`` buffers for Q-EMA recipes).
+    Under autocast the operands are cast to the autocast dtype first, so quantization sees what the GEMM would see.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, recipe: "str | Recipe" = "tetrajet",
+                 device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.recipe = get_recipe(recipe)
+        if self.uses_qema:
+            self.register_buffer("weight_ema", self.weight.detach().clone().float())
+            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
+            self._qema_active = False
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, recipe: "str | Recipe") -> "QLinear":
+        """A QLinear carrying ``linear``'s weights (same device and dtype)."""
+        q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, recipe=recipe,
+                device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            q.weight.copy_(linear.weight)
+            if linear.bias is not None:
+                q.bias.copy_(linear.bias)
+            if q.uses_qema:
+                q.weight_ema.copy_(linear.weight)
+        return q
+
+    @property
+    def uses_qema(self) -> bool:
+        return self.recipe.q2 is not None and self.recipe.q2.rounding == "ema"
+
+    @torch.no_grad()
+    def update_weight_ema(self, beta: float) -> None:
+        """W_ema <- beta W_ema + (1 - beta) W; Q-EMA rounding switches on after 10 updates (PAPER.md)."""
+        if not self.uses_qema:
+            raise RuntimeError(f"recipe {self.recipe.name!r} does not use Q-EMA (q2 rounding is not 'ema')")
+        self.weight_ema.lerp_(self.weight.float(), 1.0 - beta)
+        self.ema_updates += 1
+        self._qema_active = self._qema_active or int(self.ema_updates) >= QEMA_WARMUP_UPDATES
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.uses_qema:
+            self._qema_active = int(self.ema_updates) >= QEMA_WARMUP_UPDATES
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.recipe.quantizes_anything:
+            return F.linear(x, self.weight, self.bias)
+        weight, bias = self.weight, self.bias
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            dtype = torch.get_autocast_dtype(device_type)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+        ema = self.weight_ema if self.uses_qema and self._qema_active else None
+        with torch.autocast(device_type, enabled=False):
+            return MXLinearFunction.apply(x, weight, bias, self.recipe, ema)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, recipe={self.recipe.name}"
