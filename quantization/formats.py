@@ -46,7 +46,7 @@ class ElementFormat:
 
     @property
     def max_mantissa_field(self) -> int:
-        """fp32 mantissa field of the largest significand (2 - 2^-m); amax significands above it need one more scale step."""
+        """fp32 mantissa field of the largest significand 2 - 2^-m: an amax with a larger one needs the next scale."""
         return (1 << 23) - (1 << (23 - self.man_bits))
 
     @property

@@ -28,6 +28,24 @@ def _exponent_field(x):
 
 
 @triton.jit
+def _load_f32(ptrs, mask, IS_BF16: tl.constexpr):
+    """Load as fp32; bf16 is widened through its bits (exact; Triton's CPU interpreter mangles bf16 subnormals)."""
+    if IS_BF16:
+        bits = tl.load(ptrs.to(tl.pointer_type(tl.int16)), mask=mask, other=0)
+        return (bits.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    return tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _to_output(value, IS_BF16: tl.constexpr, out_dtype: tl.constexpr):
+    """Cast fp32 results to the output dtype. Grid values times 2^s fit bf16 exactly, so for bf16 the cast is taking
+    the high half of the bits: no rounding, and subnormals survive where a converter would flush them."""
+    if IS_BF16:
+        return (value.to(tl.int32, bitcast=True) >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return value.to(out_dtype)
+
+
+@triton.jit
 def _fmix32(h):
     h = h ^ (h >> 16)
     h = h * 0x85EBCA6B
@@ -86,7 +104,8 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
 
 @triton.jit
 def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, seed0, seed1,
-                          GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_PACKED: tl.constexpr,
+                          GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr,
+                          WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                           SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
@@ -99,7 +118,7 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     col = col0[:, None] + lane[None, :]
     mask = (row[:, None] < rows) & (col < cols)
     offs = row[:, None] * cols + col
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = _load_f32(x_ptr + offs, mask, IS_BF16)
     ax = tl.abs(x)
     finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
     amax = tl.max(ax, axis=1)
@@ -109,7 +128,7 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     deq, code, scale = _quantize_tile(x, amax[:, None], finite[:, None], offs, ema, seed0, seed1, MAN_BITS, EMIN,
                                       EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
     if WRITE_Y:
-        tl.store(y_ptr + offs, deq.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (GROUPS, 16, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
@@ -122,7 +141,8 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
 
 @triton.jit
 def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, seed0, seed1,
-                          BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_PACKED: tl.constexpr,
+                          BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr,
+                          WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                           SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
@@ -131,7 +151,7 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (row[:, None] < rows) & (col[None, :] < cols)
     offs = row[:, None] * cols + col[None, :]
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = _load_f32(x_ptr + offs, mask, IS_BF16)
     ax = tl.abs(x)
     finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=0) == 0
     amax = tl.max(ax, axis=0)
@@ -141,7 +161,7 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     deq, code, scale = _quantize_tile(x, amax[None, :], finite[None, :], offs, ema, seed0, seed1, MAN_BITS, EMIN,
                                       EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
     if WRITE_Y:
-        tl.store(y_ptr + offs, deq.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (32, BLOCK_C // 2, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
@@ -154,6 +174,7 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
 @triton.jit
 def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_BLOCKS: tl.constexpr,
+                       IS_BF16: tl.constexpr,
                        MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
                        SIGN_BIT: tl.constexpr):
     """Packed codes + biased E8M0 scales -> values; ROW_BLOCKS selects the 32x1 scale layout."""
@@ -176,7 +197,8 @@ def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols,
     sign = tl.where((code & SIGN_BIT) != 0, -1.0, 1.0)
     value = significand * _pow2(exponent) * sign * _pow2(tl.minimum(biased, 254) - 127)
     value = tl.where(biased == 255, float("nan"), value)
-    tl.store(y_ptr + row[:, None] * cols + col[None, :], value.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + row[:, None] * cols + col[None, :], _to_output(value, IS_BF16, y_ptr.dtype.element_ty),
+             mask=mask)
 
 
 def _format_args(fmt: ElementFormat) -> dict:
@@ -186,7 +208,7 @@ def _format_args(fmt: ElementFormat) -> dict:
 def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: str, rounding: str, *,
                 ema2d: torch.Tensor | None, seed: tuple[int, int], want_values: bool, want_packed: bool,
                 groups_1x32: int = 64, block_c_32x1: int = 64):
-    """Launch the fused quantizer on a contiguous 2-D tensor; returns (values or None, packed or None, scales or None)."""
+    """Run the fused quantizer on a contiguous 2-D tensor; returns (values, packed, scales), None where not asked."""
     rows, cols = x2d.shape
     device = x2d.device
     y = torch.empty_like(x2d) if want_values else x2d
@@ -197,9 +219,9 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
         scales_shape = (triton.cdiv(rows, BLOCK_SIZE), cols)
     scales = torch.empty(scales_shape, dtype=torch.uint8, device=device) if want_packed else x2d
     ema = ema2d if ema2d is not None else x2d
-    common = dict(WRITE_Y=want_values, WRITE_PACKED=want_packed, EMAX=fmt.emax, MAX_VALUE=fmt.max_value,
-                  MAX_MANT_FIELD=fmt.max_mantissa_field, RCEIL=scale_rule == "rceil",
-                  ROUNDING=ROUNDING_CODES[rounding], **{k: v for k, v in _format_args(fmt).items()})
+    common = dict(WRITE_Y=want_values, IS_BF16=x2d.dtype == torch.bfloat16, WRITE_PACKED=want_packed,
+                  EMAX=fmt.emax, MAX_VALUE=fmt.max_value, MAX_MANT_FIELD=fmt.max_mantissa_field,
+                  RCEIL=scale_rule == "rceil", ROUNDING=ROUNDING_CODES[rounding], **_format_args(fmt))
     if rows * cols > 0:
         if layout == "1x32":
             n_groups = rows * triton.cdiv(cols, BLOCK_SIZE)
@@ -220,5 +242,6 @@ def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, fmt: ElementFormat
     if rows * cols > 0:
         grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
         _dequantize_kernel[grid](packed, scales, y, rows, cols, BLOCK_R=block_r, BLOCK_C=block_c,
-                                 ROW_BLOCKS=layout == "32x1", BIAS=fmt.bias, **_format_args(fmt))
+                                 ROW_BLOCKS=layout == "32x1", IS_BF16=dtype == torch.bfloat16, BIAS=fmt.bias,
+                                 **_format_args(fmt))
     return y

@@ -109,8 +109,7 @@ def _build_registry() -> dict[str, Recipe]:
     tetrajet = _tetrajet()
     recipes = [
         Recipe("bf16"),
-        _uniform("microscaling", QuantizerConfig("e2m1", "floor", "nearest"), QuantizerConfig("e2m1", "floor", "nearest"),
-                 double_quant=False),
+        _tetrajet("microscaling", scale_rule="floor", backward_rounding="nearest", double_quant=False),
         tetrajet,
     ]
     # Table 1: one quantizer at a time.

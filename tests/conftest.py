@@ -1,0 +1,7 @@
+"""Test setup: without a GPU, run the Triton kernels in Triton's CPU interpreter."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
