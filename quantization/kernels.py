@@ -207,7 +207,7 @@ def _format_args(fmt: ElementFormat) -> dict:
 
 def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: str, rounding: str, *,
                 ema2d: torch.Tensor | None, seed: tuple[int, int], want_values: bool, want_packed: bool,
-                groups_1x32: int = 64, block_c_32x1: int = 64):
+                groups_1x32: int = 64, block_c_32x1: int = 64, num_warps: int = 4):
     """Run the fused quantizer on a contiguous 2-D tensor; returns (values, packed, scales), None where not asked."""
     rows, cols = x2d.shape
     device = x2d.device
@@ -227,11 +227,11 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
             n_groups = rows * triton.cdiv(cols, BLOCK_SIZE)
             grid = (triton.cdiv(n_groups, groups_1x32),)
             _quantize_1x32_kernel[grid](x2d, ema, y, packed, scales, rows, cols, seed[0], seed[1],
-                                        GROUPS=groups_1x32, **common)
+                                        GROUPS=groups_1x32, num_warps=num_warps, **common)
         else:
             grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, block_c_32x1))
             _quantize_32x1_kernel[grid](x2d, ema, y, packed, scales, rows, cols, seed[0], seed[1],
-                                        BLOCK_C=block_c_32x1, **common)
+                                        BLOCK_C=block_c_32x1, num_warps=num_warps, **common)
     return (y if want_values else None), (packed if want_packed else None), (scales if want_packed else None)
 
 

@@ -1,0 +1,127 @@
+"""Benchmark the MX quantizer kernels and QLinear on a CUDA GPU.
+
+1. Effective bandwidth of each quantizer kernel ((bytes read + written) / median time) next to a plain device copy
+   measured in the same run, on a DeiT-S activation (256 x 197 tokens x 384, bf16).
+2. QLinear forward+backward (bf16 autocast, fp32 master weights) against a BF16 nn.Linear for the DeiT-S shapes
+   (tokens = 256 x 197; qkv 384->1152, proj 384->384, fc1 384->1536, fc2 1536->384).
+
+Usage: python scripts/bench_quant.py [--json out.json] [--sweep]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import torch
+import triton.testing
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from quantization import QLinear, get_format  # noqa: E402
+from quantization import kernels  # noqa: E402
+
+TOKENS = 256 * 197
+DEIT_S_SHAPES = {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}
+
+
+def bench_ms(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
+
+
+def kernel_rows(x: torch.Tensor, launch: dict) -> list[dict]:
+    """One row per (layout, rounding, outputs): GB/s and its share of the copy bandwidth."""
+    n = x.numel()
+    copy_ms = bench_ms(lambda: x.clone())
+    copy_gbs = 2 * n * x.element_size() / copy_ms / 1e6
+    rows = [dict(kernel="copy (torch clone)", ms=copy_ms, gbs=copy_gbs, share=1.0)]
+    fmt = get_format("e2m1")
+    ema = torch.randn(x.shape, device=x.device, dtype=torch.float32)
+    for layout, rounding, outputs in itertools.product(("1x32", "32x1"), ("nearest", "stochastic", "ema"),
+                                                       ("values", "values+packed", "packed")):
+        want_values, want_packed = "values" in outputs, "packed" in outputs
+        read = n * x.element_size() + (n * 4 if rounding == "ema" else 0)
+        written = (n * x.element_size() if want_values else 0) + ((n // 2 + n // 32) if want_packed else 0)
+        ms = bench_ms(lambda: kernels.quantize_2d(x, fmt, layout, "rceil", rounding, ema2d=ema, seed=(1, 2),
+                                                  want_values=want_values, want_packed=want_packed, **launch))
+        gbs = (read + written) / ms / 1e6
+        rows.append(dict(kernel=f"quantize {layout} {rounding} -> {outputs}", ms=ms, gbs=gbs, share=gbs / copy_gbs))
+    return rows
+
+
+def linear_rows() -> list[dict]:
+    """QLinear (tetrajet, microscaling) fwd+bwd time against BF16 nn.Linear, per DeiT-S shape and in total."""
+    rows, totals = [], {}
+    for name, (d_in, d_out) in DEIT_S_SHAPES.items():
+        x = torch.randn(TOKENS, d_in, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        dy = torch.randn(TOKENS, d_out, device="cuda", dtype=torch.bfloat16)
+        times = {}
+        for recipe in ("bf16", "tetrajet", "microscaling"):
+            layer = QLinear(d_in, d_out, recipe=recipe).cuda()
+
+            def step():
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    y = layer(x)
+                y.backward(dy)
+                x.grad = None
+                layer.weight.grad = None
+                layer.bias.grad = None
+
+            times[recipe] = bench_ms(step)
+            totals[recipe] = totals.get(recipe, 0.0) + times[recipe]
+        rows.append(dict(shape=f"{name} {d_in}->{d_out}", **{f"{k}_ms": v for k, v in times.items()},
+                         tetrajet_ratio=times["tetrajet"] / times["bf16"],
+                         microscaling_ratio=times["microscaling"] / times["bf16"]))
+    rows.append(dict(shape="all four", **{f"{k}_ms": v for k, v in totals.items()},
+                     tetrajet_ratio=totals["tetrajet"] / totals["bf16"],
+                     microscaling_ratio=totals["microscaling"] / totals["bf16"]))
+    return rows
+
+
+def sweep(x: torch.Tensor) -> list[dict]:
+    """Tile-size sweep for both layouts (nearest, values+packed), to pick the launch defaults."""
+    fmt = get_format("e2m1")
+    n = x.numel()
+    out = []
+    for layout, tile, warps in itertools.product(("1x32", "32x1"), (32, 64, 128, 256), (2, 4, 8)):
+        launch = dict(num_warps=warps, **({"groups_1x32": tile} if layout == "1x32" else {"block_c_32x1": tile}))
+        ms = bench_ms(lambda: kernels.quantize_2d(x, fmt, layout, "rceil", "nearest", ema2d=None, seed=(1, 2),
+                                                  want_values=True, want_packed=True, **launch))
+        out.append(dict(layout=layout, tile=tile, warps=warps, ms=ms, gbs=(n * 4.5 + n / 32) / ms / 1e6))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--sweep", action="store_true", help="also sweep kernel tile sizes")
+    args = parser.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit or 'unknown'}")
+    x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
+    result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": kernel_rows(x, {})}
+    print(f"\nquantizer kernels on a {TOKENS}x384 bf16 tensor")
+    print(f"{'kernel':44s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s}")
+    for r in result["kernels"]:
+        print(f"{r['kernel']:44s} {r['ms']:8.4f} {r['gbs']:8.0f} {r['share']:8.0%}")
+    result["linear"] = linear_rows()
+    print(f"\nQLinear fwd+bwd, tokens {TOKENS}, bf16 autocast")
+    print(f"{'shape':18s} {'bf16 ms':>8s} {'tetrajet':>9s} {'ratio':>6s} {'microsc.':>9s} {'ratio':>6s}")
+    for r in result["linear"]:
+        print(f"{r['shape']:18s} {r['bf16_ms']:8.3f} {r['tetrajet_ms']:9.3f} {r['tetrajet_ratio']:6.2f} "
+              f"{r['microscaling_ms']:9.3f} {r['microscaling_ratio']:6.2f}")
+    if args.sweep:
+        result["sweep"] = sweep(x)
+        print("\ntile sweep (nearest, values+packed)")
+        for r in sorted(result["sweep"], key=lambda r: (r["layout"], r["ms"])):
+            print(f"{r['layout']} tile {r['tile']:4d} warps {r['warps']} {r['ms']:.4f} ms {r['gbs']:.0f} GB/s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""GPU check: compiled Triton kernels against the PyTorch reference, bit for bit, on >= 10^7-element tensors for every
+mode, plus the statistical stochastic-rounding check and QLinear on CUDA against the CPU reference composition.
+
+Usage (on a CUDA machine): python scripts/check_kernels_gpu.py [--elements 10000000]
+Prints one line per check and exits non-zero if any fails.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from quant_helpers import assert_bitwise_equal, edge_matrix  # noqa: E402
+
+from quantization import FORMATS, QLinear, dequantize, get_recipe, quantize, quantize_packed  # noqa: E402
+from quantization.recipes import ROLE_LAYOUTS  # noqa: E402
+
+
+def big_input(n_elements: int, fmt: str, dtype: torch.dtype, layout: str) -> torch.Tensor:
+    """A (rows, cols) CUDA tensor with odd sizes (tails in both layouts): heavy-tailed random values with the
+    edge-case blocks of the unit tests tiled into its first columns (1x32) or rows (32x1)."""
+    cols = 1229
+    rows = -(-n_elements // 1191) | 1  # 1191 = the column count kept for 32x1 below
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(rows, cols, device="cuda", generator=g)
+    x = x * torch.exp(4 * torch.randn(rows, cols, device="cuda", generator=g))
+    edges = edge_matrix(FORMATS[fmt].max_value, torch.float32, cols=64).cuda()
+    reps = rows // edges.shape[0]
+    x[: reps * edges.shape[0], :64] = edges.repeat(reps, 1)
+    x = x.to(dtype)
+    if layout == "32x1":
+        x = x[:, : (cols // 32) * 32 + 7].t().contiguous()  # edge blocks now run down the columns
+    return x
+
+
+def check(name: str, fn, results: list) -> None:
+    start = time.time()
+    try:
+        fn()
+        results.append((name, "ok", time.time() - start))
+    except AssertionError as err:
+        results.append((name, f"FAIL {str(err)[:200]}", time.time() - start))
+    print(f"{results[-1][1][:4]:5s} {name} ({results[-1][2]:.1f}s)", flush=True)
+
+
+def kernel_vs_reference(n: int, layout: str, fmt: str, rule: str, rounding: str, dtype: torch.dtype) -> None:
+    x = big_input(n, fmt, dtype, layout)
+    assert x.numel() >= n
+    ema = None
+    if rounding == "ema":
+        ema = x.float().nan_to_num(0.0, 0.0, 0.0) * (1 + 0.5 * torch.randn(x.shape, device="cuda"))
+    outs = {}
+    for backend in ("torch", "triton"):
+        torch.manual_seed(5)
+        values = quantize(x, layout, fmt, rule, rounding, ema, backend=backend)
+        torch.manual_seed(5)
+        mx = quantize_packed(x, layout, fmt, rule, rounding, ema, backend=backend)
+        outs[backend] = (values, mx)
+    (ref_v, ref_mx), (ker_v, ker_mx) = outs["torch"], outs["triton"]
+    assert_bitwise_equal(ref_v, ker_v)
+    assert torch.equal(ref_mx.packed, ker_mx.packed) and torch.equal(ref_mx.scales, ker_mx.scales)
+    assert_bitwise_equal(dequantize(ker_mx, backend="triton"), ker_v)
+    # The GPU reference agrees with the CPU reference on a slice (guards against GPU flush-to-zero in torch ops).
+    part = slice(0, 4096)
+    torch.manual_seed(5)
+    cpu = quantize(x[part].cpu(), layout, fmt, rule, rounding, None if ema is None else ema[part].cpu(),
+                   backend="torch")
+    torch.manual_seed(5)
+    gpu = quantize(x[part], layout, fmt, rule, rounding, None if ema is None else ema[part], backend="triton")
+    if rounding != "stochastic":  # stochastic draws depend on the flat index, which the slice keeps only for 1x32
+        assert_bitwise_equal(cpu, gpu.cpu())
+
+
+def stochastic_statistics(layout: str, dtype: torch.dtype) -> None:
+    from test_quant_stochastic import BLOCK, GRID  # the unit test's block and grid
+
+    draws = 1 << 16
+    x = BLOCK.to(dtype).float().repeat(draws, 1).to(dtype).cuda()
+    if layout == "32x1":
+        x = x.t().contiguous()
+    torch.manual_seed(11)
+    y = quantize(x, layout=layout, rounding="stochastic").float()
+    y = (y if layout == "1x32" else y.t()).cpu()
+    block = BLOCK.to(dtype).float()
+    a = block.abs()
+    lower = GRID[torch.searchsorted(GRID, a, right=True) - 1] * block.sign()
+    upper = GRID[torch.clamp(torch.searchsorted(GRID, a), max=len(GRID) - 1)] * block.sign()
+    assert ((y == lower) | (y == upper)).all(), "values outside the two neighbours"
+    p = ((a - lower.abs()) / (upper.abs() - lower.abs()).clamp(min=1e-12)).clamp(0, 1)
+    sigma = ((upper - lower).abs() * (p * (1 - p)).sqrt() / draws**0.5).clamp(min=1e-6)
+    z = ((y.double().mean(0).float() - block).abs() / sigma).max().item()
+    assert z < 5.0, f"bias of {z:.1f} sigma"
+
+
+def qlinear_cuda_vs_cpu(recipe_name: str) -> None:
+    recipe = get_recipe(recipe_name)
+    torch.manual_seed(0)
+    cpu = QLinear(384, 1536, recipe=recipe)
+    gpu = QLinear(384, 1536, recipe=recipe).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(8, 197, 384)
+    dy = torch.randn(8, 197, 1536).bfloat16()
+    grads = []
+    for layer, device in ((cpu, "cpu"), (gpu, "cuda")):
+        xi = x.to(device).requires_grad_()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            y = layer(xi)
+        torch.manual_seed(3)
+        y.backward(dy.to(device))
+        grads.append((y.detach().float().cpu(), xi.grad.cpu(), layer.weight.grad.cpu()))
+    # The GEMMs differ between CPU and cuBLAS (accumulation order), so compare the quantized operands exactly and
+    # the products to GEMM precision.
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=2e-2, atol=1e-2 * b.abs().max().item()), (a - b).abs().max().item()
+    xq_cpu = quantize(x.bfloat16().reshape(-1, 384), backend="torch")
+    xq_gpu = quantize(x.bfloat16().reshape(-1, 384).cuda(), backend="triton")
+    assert_bitwise_equal(xq_cpu, xq_gpu.cpu())
+    for role in ("q3", "q5"):
+        cfg = recipe.quantizer(role)
+        torch.manual_seed(1)
+        a = quantize(dy.reshape(-1, 1536), ROLE_LAYOUTS[role], cfg.fmt, cfg.scale_rule, cfg.rounding, backend="torch")
+        torch.manual_seed(1)
+        b = quantize(dy.reshape(-1, 1536).cuda(), ROLE_LAYOUTS[role], cfg.fmt, cfg.scale_rule, cfg.rounding)
+        assert_bitwise_equal(a, b.cpu())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--elements", type=int, default=10_000_000)
+    args = parser.parse_args()
+    assert torch.cuda.is_available(), "this check needs a CUDA GPU"
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    results: list = []
+    modes = itertools.product(("1x32", "32x1"), ("e2m1", "e3m0"), ("rceil", "floor"),
+                              ("nearest", "even", "stochastic", "ema"), (torch.bfloat16, torch.float32))
+    for layout, fmt, rule, rounding, dtype in modes:
+        name = f"exact {layout} {fmt} {rule} {rounding} {str(dtype)[6:]}"
+        check(name, lambda: kernel_vs_reference(args.elements, layout, fmt, rule, rounding, dtype), results)
+    for layout, dtype in itertools.product(("1x32", "32x1"), (torch.bfloat16, torch.float32)):
+        check(f"stochastic statistics {layout} {str(dtype)[6:]}", lambda: stochastic_statistics(layout, dtype),
+              results)
+    for recipe in ("tetrajet", "microscaling"):
+        check(f"QLinear cuda vs cpu {recipe}", lambda: qlinear_cuda_vs_cpu(recipe), results)
+    failed = [r for r in results if r[1] != "ok"]
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    for name, status, _ in failed:
+        print(f"  {name}: {status}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
