@@ -102,7 +102,7 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
     return deq, code, scale
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed0", "seed1"])  # a seed of 1 must not become a compile-time constant
 def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, seed0, seed1,
                           GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr,
                           WRITE_PACKED: tl.constexpr,
@@ -139,7 +139,7 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
         tl.store(scales_ptr + group, tl.max(scale, axis=1).to(tl.uint8), mask=row < rows)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed0", "seed1"])
 def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, seed0, seed1,
                           BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr,
                           WRITE_PACKED: tl.constexpr,

@@ -98,8 +98,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--sweep", action="store_true", help="also sweep kernel tile sizes")
+    parser.add_argument("--commit", help="commit to report (default: git rev-parse of the working tree)")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                           text=True).stdout.strip()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit or 'unknown'}")
     x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
     result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": kernel_rows(x, {})}

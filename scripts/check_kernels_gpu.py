@@ -109,7 +109,7 @@ def qlinear_cuda_vs_cpu(recipe_name: str) -> None:
     dy = torch.randn(8, 197, 1536).bfloat16()
     grads = []
     for layer, device in ((cpu, "cpu"), (gpu, "cuda")):
-        xi = x.to(device).requires_grad_()
+        xi = x.detach().to(device).clone().requires_grad_()
         with torch.autocast(device, dtype=torch.bfloat16):
             y = layer(xi)
         torch.manual_seed(3)
