@@ -62,13 +62,9 @@ def _uniform(index, seed0, seed1):
 
 
 @triton.jit
-def _block_amax(x, AXIS: tl.constexpr):
-    """Block amax and finiteness of a tile, reduced over AXIS and then the pair axis 2 where AXIS is 1."""
+def _abs_and_nonfinite(x):
     ax = tl.abs(x)
-    bad = ((ax == float("inf")) | (x != x)).to(tl.int32)
-    if AXIS == 1:
-        return tl.max(tl.max(ax, axis=2), axis=1), tl.max(tl.max(bad, axis=2), axis=1) == 0
-    return tl.max(ax, axis=0), tl.max(bad, axis=0) == 0
+    return ax, ((ax == float("inf")) | (x != x)).to(tl.int32)
 
 
 @triton.jit
@@ -137,7 +133,9 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     mask = (row[:, None, None] < rows) & (col < cols)
     offs = row[:, None, None] * cols + col
     x = _load_f32(x_ptr + offs, mask, IS_BF16)
-    amax, finite = _block_amax(x, 1)
+    ax, bad = _abs_and_nonfinite(x)
+    amax = tl.max(tl.max(ax, axis=2), axis=1)
+    finite = tl.max(tl.max(bad, axis=2), axis=1) == 0
     s = _shared_exponent(amax, finite, EMAX, MAX_MANT_FIELD, RCEIL)
     ema = x
     if ROUNDING == 3:
@@ -170,7 +168,9 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     mask = (row[:, None, None] < rows) & (col[None, :, :] < cols)
     offs = row[:, None, None] * cols + col[None, :, :]
     x = _load_f32(x_ptr + offs, mask, IS_BF16)
-    amax, finite = _block_amax(x, 0)
+    ax, bad = _abs_and_nonfinite(x)
+    amax = tl.max(ax, axis=0)
+    finite = tl.max(bad, axis=0) == 0
     s = _shared_exponent(amax, finite, EMAX, MAX_MANT_FIELD, RCEIL)
     ema = x
     if ROUNDING == 3:
