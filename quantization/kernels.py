@@ -13,6 +13,10 @@ import triton.language as tl
 from .formats import BLOCK_SIZE, ElementFormat
 
 ROUNDING_CODES = {"nearest": 0, "even": 1, "stochastic": 2, "ema": 3}
+# Launch shapes picked by scripts/bench_quant.py --sweep on an H100 (a 50432x384 bf16 tensor, values + packed):
+# 1x32 tiles of 32 blocks x 32 elements with 4 warps; 32x1 bands of 32 rows x 64 columns with 2 warps.
+LAUNCH_1X32 = dict(groups=32, num_warps=4)
+LAUNCH_32X1 = dict(block_c=64, num_warps=2)
 
 
 @triton.jit
@@ -62,26 +66,17 @@ def _uniform(index, seed0, seed1):
 
 
 @triton.jit
-def _abs_and_nonfinite(x):
-    ax = tl.abs(x)
-    return ax, ((ax == float("inf")) | (x != x)).to(tl.int32)
-
-
-@triton.jit
-def _shared_exponent(amax, finite, EMAX: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, RCEIL: tl.constexpr):
-    """Block scale exponent s in [-127, 127] from the fp32 amax, read off its bits (reference.shared_exponent)."""
-    amax_bits = tl.where(finite, amax, 0.0).to(tl.int32, bitcast=True)
+def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
+                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_VALUE: tl.constexpr,
+                   MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr,
+                   RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+    """Quantize an fp32 tile given its (broadcastable) block amax. Returns (dequantized, code, biased scale)."""
+    amax = tl.where(finite, amax, 0.0)
+    amax_bits = amax.to(tl.int32, bitcast=True)
     s = ((amax_bits >> 23) & 0xFF) - 127 - EMAX
     if RCEIL:
         s += ((amax_bits & 0x7FFFFF) > MAX_MANT_FIELD).to(tl.int32)
-    return tl.minimum(tl.maximum(s, -127), 127)
-
-
-@triton.jit
-def _quantize_tile(x, s, finite, index, ema, seed0, seed1,
-                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_VALUE: tl.constexpr,
-                   MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr, ROUNDING: tl.constexpr):
-    """Quantize an fp32 tile given its (broadcastable) block exponent s. Returns (dequantized, 4-bit code)."""
+    s = tl.minimum(tl.maximum(s, -127), 127)
     v = x * _pow2(-s)
     negative = v.to(tl.int32, bitcast=True) < 0
     sign = tl.where(negative, -1.0, 1.0)
@@ -102,16 +97,13 @@ def _quantize_tile(x, s, finite, index, ema, seed0, seed1,
         up = sign * (ema * _pow2(-s)) >= (low + 0.5) * step
     k = low + up.to(tl.float32)
     magnitude = tl.minimum(k * step, MAX_VALUE)
-    deq = tl.where(finite, magnitude * sign * _pow2(s), float("nan"))
+    deq = magnitude * sign * _pow2(s)
+    deq = tl.where(finite, deq, float("nan"))
     code = tl.minimum((binade - EMIN) * (1 << MAN_BITS) + k.to(tl.int32), MAX_CODE)
     code = tl.where(negative, code | SIGN_BIT, code)
-    return deq, tl.where(finite, code, 0)
-
-
-@triton.jit
-def _pack_pairs(code, pair_lane):
-    """Two 4-bit codes per byte: the pair axis (last, size 2) is summed with element 2j in the low nibble."""
-    return tl.sum(code << (4 * pair_lane), axis=2).to(tl.uint8)
+    code = tl.where(finite, code, 0)
+    scale = tl.where(finite, s + 127, 255)
+    return deq, code, scale
 
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])  # a seed of 1 must not become a compile-time constant
@@ -121,35 +113,34 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                           SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
-    """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short).
-    Tiles are (GROUPS, 16, 2): the element pairs that share a packed byte sit in the last axis."""
+    """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short)."""
     blocks_per_row = tl.cdiv(cols, 32)
     group = tl.program_id(0).to(tl.int64) * GROUPS + tl.arange(0, GROUPS)
     row = group // blocks_per_row
     col0 = (group % blocks_per_row) * 32
-    pair = tl.arange(0, 16)
-    lane = tl.arange(0, 2)
-    col = col0[:, None, None] + 2 * pair[None, :, None] + lane[None, None, :]
-    mask = (row[:, None, None] < rows) & (col < cols)
-    offs = row[:, None, None] * cols + col
+    lane = tl.arange(0, 32)
+    col = col0[:, None] + lane[None, :]
+    mask = (row[:, None] < rows) & (col < cols)
+    offs = row[:, None] * cols + col
     x = _load_f32(x_ptr + offs, mask, IS_BF16)
-    ax, bad = _abs_and_nonfinite(x)
-    amax = tl.max(tl.max(ax, axis=2), axis=1)
-    finite = tl.max(tl.max(bad, axis=2), axis=1) == 0
-    s = _shared_exponent(amax, finite, EMAX, MAX_MANT_FIELD, RCEIL)
+    ax = tl.abs(x)
+    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
+    amax = tl.max(ax, axis=1)
     ema = x
     if ROUNDING == 3:
         ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    deq, code = _quantize_tile(x, s[:, None, None], finite[:, None, None], offs, ema, seed0, seed1, MAN_BITS, EMIN,
-                               EMAX, MAX_VALUE, MAX_CODE, SIGN_BIT, ROUNDING)
+    deq, code, scale = _quantize_tile(x, amax[:, None], finite[:, None], offs, ema, seed0, seed1, MAN_BITS, EMIN,
+                                      EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
     if WRITE_Y:
         tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
     if WRITE_PACKED:
-        pcol = col0[:, None] // 2 + pair[None, :]
+        low_code, high_code = tl.split(tl.reshape(code, (GROUPS, 16, 2)))
+        byte = (low_code | (high_code << 4)).to(tl.uint8)
+        half = tl.arange(0, 16)
+        pcol = col0[:, None] // 2 + half[None, :]
         pmask = (row[:, None] < rows) & (2 * pcol < cols)
-        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pcol, _pack_pairs(code, lane[None, None, :]),
-                 mask=pmask)
-        tl.store(scales_ptr + group, tl.where(finite, s + 127, 255).to(tl.uint8), mask=row < rows)
+        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pcol, byte, mask=pmask)
+        tl.store(scales_ptr + group, tl.max(scale, axis=1).to(tl.uint8), mask=row < rows)
 
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])
@@ -159,32 +150,29 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                           SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
-    """Each program handles one band of 32 rows x BLOCK_C columns; each column of the band is one block.
-    Tiles are (32, BLOCK_C // 2, 2): the column pairs that share a packed byte sit in the last axis."""
+    """Each program handles one band of 32 rows x BLOCK_C columns; each column of the band is one block."""
     row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
-    pair = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
-    lane = tl.arange(0, 2)
-    col = 2 * pair[:, None] + lane[None, :]
-    mask = (row[:, None, None] < rows) & (col[None, :, :] < cols)
-    offs = row[:, None, None] * cols + col[None, :, :]
+    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (row[:, None] < rows) & (col[None, :] < cols)
+    offs = row[:, None] * cols + col[None, :]
     x = _load_f32(x_ptr + offs, mask, IS_BF16)
-    ax, bad = _abs_and_nonfinite(x)
+    ax = tl.abs(x)
+    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=0) == 0
     amax = tl.max(ax, axis=0)
-    finite = tl.max(bad, axis=0) == 0
-    s = _shared_exponent(amax, finite, EMAX, MAX_MANT_FIELD, RCEIL)
     ema = x
     if ROUNDING == 3:
         ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    deq, code = _quantize_tile(x, s[None, :, :], finite[None, :, :], offs, ema, seed0, seed1, MAN_BITS, EMIN,
-                               EMAX, MAX_VALUE, MAX_CODE, SIGN_BIT, ROUNDING)
+    deq, code, scale = _quantize_tile(x, amax[None, :], finite[None, :], offs, ema, seed0, seed1, MAN_BITS, EMIN,
+                                      EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
     if WRITE_Y:
         tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
     if WRITE_PACKED:
-        pmask = (row[:, None] < rows) & (2 * pair[None, :] < cols)
-        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pair[None, :], _pack_pairs(code, lane[None, None, :]),
-                 mask=pmask)
-        tl.store(scales_ptr + tl.program_id(0) * cols + col, tl.where(finite, s + 127, 255).to(tl.uint8),
-                 mask=col < cols)
+        low_code, high_code = tl.split(tl.reshape(code, (32, BLOCK_C // 2, 2)))
+        byte = (low_code | (high_code << 4)).to(tl.uint8)
+        pcol = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+        pmask = (row[:, None] < rows) & (2 * pcol[None, :] < cols)
+        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pcol[None, :], byte, mask=pmask)
+        tl.store(scales_ptr + tl.program_id(0) * cols + col, tl.max(scale, axis=0).to(tl.uint8), mask=col < cols)
 
 
 @triton.jit
@@ -223,8 +211,9 @@ def _format_args(fmt: ElementFormat) -> dict:
 
 def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: str, rounding: str, *,
                 ema2d: torch.Tensor | None, seed: tuple[int, int], want_values: bool, want_packed: bool,
-                groups_1x32: int = 64, block_c_32x1: int = 64, num_warps: int = 4):
-    """Run the fused quantizer on a contiguous 2-D tensor; returns (values, packed, scales), None where not asked."""
+                launch: dict | None = None):
+    """Run the fused quantizer on a contiguous 2-D tensor; returns (values, packed, scales), None where not asked.
+    ``launch`` overrides the tile shape (keys of LAUNCH_1X32 / LAUNCH_32X1)."""
     rows, cols = x2d.shape
     device = x2d.device
     y = torch.empty_like(x2d) if want_values else x2d
@@ -240,14 +229,16 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
                   RCEIL=scale_rule == "rceil", ROUNDING=ROUNDING_CODES[rounding], **_format_args(fmt))
     if rows * cols > 0:
         if layout == "1x32":
+            cfg = launch or LAUNCH_1X32
             n_groups = rows * triton.cdiv(cols, BLOCK_SIZE)
-            grid = (triton.cdiv(n_groups, groups_1x32),)
+            grid = (triton.cdiv(n_groups, cfg["groups"]),)
             _quantize_1x32_kernel[grid](x2d, ema, y, packed, scales, rows, cols, seed[0], seed[1],
-                                        GROUPS=groups_1x32, num_warps=num_warps, **common)
+                                        GROUPS=cfg["groups"], num_warps=cfg["num_warps"], **common)
         else:
-            grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, block_c_32x1))
+            cfg = launch or LAUNCH_32X1
+            grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
             _quantize_32x1_kernel[grid](x2d, ema, y, packed, scales, rows, cols, seed[0], seed[1],
-                                        BLOCK_C=block_c_32x1, num_warps=num_warps, **common)
+                                        BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], **common)
     return (y if want_values else None), (packed if want_packed else None), (scales if want_packed else None)
 
 

@@ -32,7 +32,7 @@ def bench_ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def kernel_rows(x: torch.Tensor, launch: dict) -> list[dict]:
+def kernel_rows(x: torch.Tensor) -> list[dict]:
     """One row per (layout, rounding, outputs): GB/s and its share of the copy bandwidth."""
     n = x.numel()
     copy_ms = bench_ms(lambda: x.clone())
@@ -46,7 +46,7 @@ def kernel_rows(x: torch.Tensor, launch: dict) -> list[dict]:
         read = n * x.element_size() + (n * 4 if rounding == "ema" else 0)
         written = (n * x.element_size() if want_values else 0) + ((n // 2 + n // 32) if want_packed else 0)
         ms = bench_ms(lambda: kernels.quantize_2d(x, fmt, layout, "rceil", rounding, ema2d=ema, seed=(1, 2),
-                                                  want_values=want_values, want_packed=want_packed, **launch))
+                                                  want_values=want_values, want_packed=want_packed))
         gbs = (read + written) / ms / 1e6
         rows.append(dict(kernel=f"quantize {layout} {rounding} -> {outputs}", ms=ms, gbs=gbs, share=gbs / copy_gbs))
     return rows
@@ -87,9 +87,9 @@ def sweep(x: torch.Tensor) -> list[dict]:
     n = x.numel()
     out = []
     for layout, tile, warps in itertools.product(("1x32", "32x1"), (32, 64, 128, 256), (2, 4, 8)):
-        launch = dict(num_warps=warps, **({"groups_1x32": tile} if layout == "1x32" else {"block_c_32x1": tile}))
+        launch = dict(num_warps=warps, **({"groups": tile} if layout == "1x32" else {"block_c": tile}))
         ms = bench_ms(lambda: kernels.quantize_2d(x, fmt, layout, "rceil", "nearest", ema2d=None, seed=(1, 2),
-                                                  want_values=True, want_packed=True, **launch))
+                                                  want_values=True, want_packed=True, launch=launch))
         out.append(dict(layout=layout, tile=tile, warps=warps, ms=ms, gbs=(n * 4.5 + n / 32) / ms / 1e6))
     return out
 
@@ -104,7 +104,7 @@ def main() -> None:
                                            text=True).stdout.strip()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit or 'unknown'}")
     x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
-    result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": kernel_rows(x, {})}
+    result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": kernel_rows(x)}
     print(f"\nquantizer kernels on a {TOKENS}x384 bf16 tensor")
     print(f"{'kernel':44s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s}")
     for r in result["kernels"]:
