@@ -81,6 +81,46 @@ def linear_rows() -> list[dict]:
     return rows
 
 
+def dequant_rows(x: torch.Tensor, copy_gbs: float) -> list[dict]:
+    """The dequantize kernel (packed codes + scales -> bf16 values) for both layouts."""
+    fmt = get_format("e2m1")
+    n = x.numel()
+    rows = []
+    for layout in ("1x32", "32x1"):
+        _, packed, scales = kernels.quantize_2d(x, fmt, layout, "rceil", "nearest", ema2d=None, seed=(1, 2),
+                                                want_values=False, want_packed=True)
+        ms = bench_ms(lambda: kernels.dequantize_2d(packed, scales, fmt, layout, *x.shape, x.dtype))
+        gbs = (n // 2 + n // 32 + n * x.element_size()) / ms / 1e6
+        rows.append(dict(kernel=f"dequantize {layout} packed -> values", ms=ms, gbs=gbs, share=gbs / copy_gbs))
+    return rows
+
+
+def profile_tetrajet_fc1() -> list[tuple[str, float]]:
+    """CUDA time per kernel name for one tetrajet fc1 fwd+bwd (where the time goes)."""
+    d_in, d_out = DEIT_S_SHAPES["fc1"]
+    x = torch.randn(TOKENS, d_in, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    dy = torch.randn(TOKENS, d_out, device="cuda", dtype=torch.bfloat16)
+    layer = QLinear(d_in, d_out, recipe="tetrajet").cuda()
+
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(x)
+        y.backward(dy)
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            step()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            totals[event.name[:60]] = totals.get(event.name[:60], 0.0) + event.device_time / 10 / 1000
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
 def sweep(x: torch.Tensor) -> list[dict]:
     """Tile-size sweep for both layouts (nearest, values+packed), to pick the launch defaults."""
     fmt = get_format("e2m1")
@@ -105,6 +145,7 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit or 'unknown'}")
     x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
     result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": kernel_rows(x)}
+    result["kernels"] += dequant_rows(x, result["kernels"][0]["gbs"])
     print(f"\nquantizer kernels on a {TOKENS}x384 bf16 tensor")
     print(f"{'kernel':44s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s}")
     for r in result["kernels"]:
@@ -115,6 +156,10 @@ def main() -> None:
     for r in result["linear"]:
         print(f"{r['shape']:18s} {r['bf16_ms']:8.3f} {r['tetrajet_ms']:9.3f} {r['tetrajet_ratio']:6.2f} "
               f"{r['microscaling_ms']:9.3f} {r['microscaling_ratio']:6.2f}")
+    result["profile_tetrajet_fc1_ms"] = profile_tetrajet_fc1()
+    print("\nwhere the time goes: tetrajet fc1 fwd+bwd, CUDA ms per step by kernel")
+    for name, ms in result["profile_tetrajet_fc1_ms"][:14]:
+        print(f"{ms:8.4f}  {name}")
     if args.sweep:
         result["sweep"] = sweep(x)
         print("\ntile sweep (nearest, values+packed)")
