@@ -1,0 +1,189 @@
+"""Build a RunConfig from YAML files and ``section.key=value`` overrides, rejecting anything unknown.
+
+Layers apply in order (defaults, then each file, then each override); mappings merge key by key, other values
+replace. Every layer is checked against the schema on its own, so an error names the file or override it came from.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+import yaml
+
+from quantization import Recipe, get_recipe
+
+from .schema import AMP_MODES, DEVICES, MethodConfig, RunConfig, choices_error
+
+_FREE_FORM = {("model", "timm_kwargs"), ("method", "recipe")}  # mappings whose keys the schema does not fix
+
+
+def load_config(paths: Iterable["str | Path"] = (), overrides: Iterable[str] = ()) -> RunConfig:
+    """The run configuration from YAML ``paths`` and ``overrides`` such as ``optim.lr=1e-3`` (values parsed as YAML)."""
+    merged = dataclasses.asdict(RunConfig())
+    for path in paths:
+        layer = read_yaml(path)
+        _check_keys(layer, RunConfig, str(path), ())
+        _merge(merged, layer)
+    for text in overrides:
+        layer = parse_override(text)
+        _check_keys(layer, RunConfig, f"override {text!r}", ())
+        _merge(merged, layer)
+    config = _build(RunConfig, merged, ())
+    validate(config)
+    return config
+
+
+def read_yaml(path: "str | Path") -> dict:
+    """A YAML file holding a mapping; a missing file or another top-level type is an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    with path.open() as handle:
+        data = yaml.safe_load(handle)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict:
+    """``a.b.c=value`` as the nested mapping {a: {b: {c: value}}}, the value parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {text!r} is not of the form section.key=value (e.g. optim.lr=1e-3)")
+    value: Any = yaml.safe_load(raw) if raw.strip() else None
+    for part in reversed(key.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    """Plain data for YAML/JSON, with the method's recipe written out in full so the file alone reproduces the run."""
+    data = dataclasses.asdict(config)
+    data["method"]["recipe"] = resolve_recipe(config.method).to_dict()
+    return data
+
+
+def save_config(config: RunConfig, path: "str | Path") -> None:
+    with Path(path).open("w") as handle:
+        yaml.safe_dump(config_to_dict(config), handle, sort_keys=False)
+
+
+def resolve_recipe(method: MethodConfig) -> Recipe:
+    """The quantization recipe a method names or spells out (``base`` + overrides, or all fields)."""
+    if isinstance(method.recipe, str):
+        return get_recipe(method.recipe)
+    fields = dict(method.recipe)
+    base = fields.pop("base", None)
+    data = get_recipe(base).to_dict() if base is not None else {}
+    data["name"] = method.name or (f"{base}_custom" if base else "custom")
+    data.update(fields)
+    return Recipe.from_dict(data)
+
+
+def method_label(config: RunConfig) -> str:
+    """How a run's method is called in logs and tables."""
+    return config.method.name or resolve_recipe(config.method).name
+
+
+def validate(config: RunConfig) -> None:
+    """Checks across fields that types alone do not catch; raises ValueError naming the bad value."""
+    if config.train.amp not in AMP_MODES:
+        raise choices_error("train.amp", config.train.amp, AMP_MODES)
+    if config.train.device not in DEVICES:
+        raise choices_error("train.device", config.train.device, DEVICES)
+    positive = {"train.epochs": config.train.epochs, "data.batch_size": config.data.batch_size,
+                "aug.repeated_aug": config.aug.repeated_aug, "model.img_size": config.model.img_size,
+                "model.in_chans": config.model.in_chans, "train.log_interval": config.train.log_interval}
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{key} must be at least 1, got {value}")
+    if config.data.num_workers < 0:
+        raise ValueError(f"data.num_workers must be >= 0, got {config.data.num_workers}")
+    for key, value in (("optim.betas", config.optim.betas), ("aug.scale", config.aug.scale)):
+        if len(value) != 2:
+            raise ValueError(f"{key} must have two numbers, got {value}")
+    resolve_recipe(config.method)
+
+
+def _check_keys(layer: Any, cls: type, where: str, prefix: tuple) -> None:
+    if not isinstance(layer, dict):
+        raise ValueError(f"{where}: {'.'.join(prefix) or 'the top level'} must be a mapping, got {layer!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in layer.items():
+        if key not in fields:
+            section = ".".join(prefix) or "the top level"
+            raise ValueError(f"{where}: unknown key {'.'.join(prefix + (key,))!r}; valid keys of {section}: "
+                             f"{', '.join(fields)}")
+        if dataclasses.is_dataclass(hints[key]):
+            _check_keys(value, hints[key], where, prefix + (key,))
+
+
+def _merge(into: dict, layer: dict) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def _build(cls: type, data: dict, prefix: tuple):
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = prefix + (f.name,)
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, data[f.name], key)
+        else:
+            values[f.name] = _coerce(data[f.name], hint, ".".join(key))
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """``value`` checked against the type ``hint`` (floats also accept ints and strings like '5e-4')."""
+    origin = typing.get_origin(hint)
+    if origin is Union:
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ValueError as error:
+                errors.append(error)
+        raise errors[0] if len(errors) == 1 else ValueError(f"{key} must be one of "
+                                                             f"{_type_names(options)}, got {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if hint is list:
+        if isinstance(value, (list, tuple)):
+            return [_coerce(item, float, key) for item in value]
+        raise ValueError(f"{key} must be a list of numbers, got {value!r}")
+    if isinstance(value, hint):
+        return value
+    raise ValueError(f"{key} must be {_type_names((hint,))}, got {value!r}")
+
+
+def _type_names(types: tuple) -> str:
+    names = {bool: "true/false", str: "a string", dict: "a mapping", int: "an integer", float: "a number",
+             list: "a list of numbers", type(None): "null"}
+    return " or ".join(names.get(t, str(t)) for t in types)

@@ -1,0 +1,117 @@
+"""The run configuration as typed dataclasses: one section per concern, every key with its default.
+
+A run is fully defined by these values; YAML files and command-line overrides only fill them in (configs.loader).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+AMP_MODES = ("bf16", "fp16", "fp32")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build (any timm ViT/Swin-like model name) and its shape."""
+
+    name: str = "deit_tiny_patch16_224"
+    img_size: int = 224
+    patch_size: Optional[int] = None  # None: the timm model's own
+    in_chans: int = 3
+    drop_path: float = 0.1
+    timm_kwargs: dict = field(default_factory=dict)  # more timm.create_model arguments (depth, embed_dim, ...)
+
+
+@dataclass
+class MethodConfig:
+    """The training method: a quantization recipe by name (quantization.RECIPES) or as a mapping.
+
+    A mapping may name a ``base`` recipe and override some of its fields, e.g. ``{base: tetrajet, q2: null}``.
+    """
+
+    name: Optional[str] = None  # label for logs and tables; None: the recipe's name
+    recipe: Union[str, dict] = "tetrajet"
+
+
+@dataclass
+class DataConfig:
+    """Dataset, where it lives, and how it is batched (``batch_size`` is per process)."""
+
+    dataset: str = "imagenet"
+    path: Optional[str] = None
+    download: bool = False  # torchvision download as a last resort (fashion_mnist, cifar10, cifar100)
+    batch_size: int = 256
+    num_workers: int = 8
+    pin_memory: bool = True
+    train_subset: Optional[int] = None  # use this many training images (a fixed random subset)
+    val_subset: Optional[int] = None
+    crop_pct: float = 0.875  # evaluation: resize to img_size / crop_pct, then center crop
+
+
+@dataclass
+class AugConfig:
+    """DeiT data augmentation and label regularisation."""
+
+    no_aug: bool = False  # training transform = evaluation transform (debugging, exactness tests)
+    auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.3
+    interpolation: str = "bicubic"
+    scale: list = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
+    hflip: float = 0.5
+    reprob: float = 0.25
+    remode: str = "pixel"
+    recount: int = 1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    smoothing: float = 0.1
+    repeated_aug: int = 3  # repeats per image in the repeated-augmentation sampler; 1 = off
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and cosine learning-rate schedule; ``lr`` is for a global batch of 512 and scales linearly."""
+
+    name: str = "adamw"
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    clip_grad: Optional[float] = None
+    warmup_epochs: int = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+
+
+@dataclass
+class TrainConfig:
+    """Epochs, numerics, seeding, model EMA and logging cadence."""
+
+    epochs: int = 90
+    amp: str = "bf16"
+    device: str = "auto"
+    seed: int = 0
+    model_ema: bool = True
+    model_ema_decay: float = 0.99996
+    log_interval: int = 50  # steps between step records in the logs
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "output/run"
+
+
+def choices_error(what: str, value: Any, valid: "tuple[str, ...] | list[str]") -> ValueError:
+    """The error for a value outside a fixed set of choices, naming both."""
+    return ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(valid)}")

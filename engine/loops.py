@@ -1,0 +1,102 @@
+"""One training epoch and one evaluation pass; metrics are reduced over all ranks."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional
+
+import torch
+from timm.data import Mixup
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .distributed import DistContext, all_reduce_sum
+from .logger import RunLogger
+
+MIB = 2**20
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops before the bad step touches the weights."""
+
+
+def _progress(loader: DataLoader, ctx: DistContext, desc: str):
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if ctx.is_main else True)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, ctx: DistContext, epoch: int, *, amp_dtype: Optional[torch.dtype],
+                    mixup: Optional[Mixup], model_ema: Optional[ModelEmaV3], clip_grad: Optional[float],
+                    logger: RunLogger, log_interval: int, first_step: int) -> dict:
+    """Train over ``loader`` once; returns the epoch's mean loss, lr, global images/s and peak GPU memory.
+
+    The loss is averaged over ranks before the backward pass; a non-finite value raises NonFiniteLossError on every
+    rank at the same step, before any weight changes.
+    """
+    model.train()
+    device = ctx.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    lr = optimizer.param_groups[0]["lr"]
+    loss_sum, steps, images = 0.0, 0, 0
+    start = time.perf_counter()
+    progress = _progress(loader, ctx, f"epoch {epoch}")
+    for samples, targets in progress:
+        samples = samples.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup is not None:
+            samples, targets = mixup(samples, targets)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = criterion(model(samples), targets)
+        loss_value = all_reduce_sum(loss.detach().float()).item() / ctx.world_size
+        step = first_step + steps
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, step {step} (lr {lr:.3g})")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if clip_grad is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        if model_ema is not None:
+            model_ema.update(_unwrap(model))
+        loss_sum += loss_value
+        steps += 1
+        images += samples.shape[0] * ctx.world_size
+        if steps % log_interval == 0:
+            logger.write({"type": "step", "step": step, "epoch": epoch, "loss": loss_value, "lr": lr})
+            progress.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    return {"train_loss": loss_sum / max(steps, 1), "lr": lr, "steps": steps, "train_time_s": elapsed,
+            "images_per_s": images / elapsed,
+            "peak_mem_mib": torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, ctx: DistContext, amp_dtype: Optional[torch.dtype],
+             num_classes: int) -> dict:
+    """Cross-entropy loss, top-1 and top-5 accuracy (%) over the whole validation set (all ranks' shards)."""
+    model = _unwrap(model)
+    model.eval()
+    topk = min(5, num_classes)
+    totals = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss sum, top-1, top-k hits, count
+    for samples, targets in _progress(loader, ctx, "eval"):
+        samples = samples.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            output = model(samples)
+        loss = nn.functional.cross_entropy(output.float(), targets, reduction="sum")
+        hits = output.topk(topk, dim=1).indices.eq(targets[:, None])
+        totals += torch.stack([loss.double(), hits[:, 0].sum().double(), hits.sum().double(),
+                               torch.tensor(len(targets), dtype=torch.float64, device=ctx.device)])
+    loss_sum, top1, top5, count = all_reduce_sum(totals).tolist()
+    return {"loss": loss_sum / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}

@@ -1,0 +1,261 @@
+"""Train and evaluate a DeiT/Swin whose block Linears run a quantization recipe (TetraJet, Microscaling, BF16, ...).
+
+    python main.py --config configs/models/deit_tiny.yaml --config configs/methods/tetrajet.yaml --data-path DIR
+    torchrun --nproc_per_node=4 main.py ...            # several processes (NCCL on GPUs, gloo on CPU)
+
+Config files merge in order; ``--set section.key=value`` overrides single values. Each run writes config.yaml,
+log.jsonl, TensorBoard scalars and checkpoint_{last,best}.pth into its output directory (rank 0 only).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from timm.utils import ModelEmaV3
+from torch import nn
+
+import engine
+from configs import RunConfig, load_config, method_label, resolve_recipe, save_config
+from datasets import build_datasets, build_loaders, build_mixup, mix_seed
+from models import build_model
+from quantization import QLinear
+
+log = logging.getLogger("tetrajet")
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", required=True, metavar="YAML",
+                        help="config file; repeat to merge several (later files win)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one value, e.g. --set optim.lr=1e-3 (value parsed as YAML)")
+    parser.add_argument("--data-path", help="dataset location (same as --set data.path=...)")
+    parser.add_argument("--output", help="output directory (same as --set output_dir=...)")
+    parser.add_argument("--resume", metavar="PATH|auto",
+                        help="continue from a checkpoint; 'auto': the output directory's last one, if any")
+    parser.add_argument("--stop-after-epochs", type=int, metavar="N",
+                        help="end this invocation after N epochs (the schedule still spans train.epochs)")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    overrides = list(args.overrides)
+    if args.data_path is not None:
+        overrides.append(f"data.path={json.dumps(args.data_path)}")
+    if args.output is not None:
+        overrides.append(f"output_dir={json.dumps(args.output)}")
+    return load_config(args.config, overrides)
+
+
+def model_kwargs(config: RunConfig, num_classes: int) -> dict:
+    """timm.create_model arguments of the configured model."""
+    cfg = config.model
+    kwargs = {"img_size": cfg.img_size, "in_chans": cfg.in_chans, "num_classes": num_classes,
+              "drop_path_rate": cfg.drop_path}
+    if cfg.patch_size is not None:
+        kwargs["patch_size"] = cfg.patch_size
+    clash = sorted(set(kwargs) & set(cfg.timm_kwargs))
+    if clash:
+        raise ValueError(f"model.timm_kwargs sets {clash}; set them through model.img_size, model.in_chans, "
+                         f"model.patch_size and model.drop_path (num_classes comes from the dataset)")
+    return {**kwargs, **cfg.timm_kwargs}
+
+
+def check_batches(config: RunConfig, num_train: int, world_size: int, mixup_on: bool) -> None:
+    """Batch-size problems as errors before training starts rather than failures inside a step."""
+    local, global_batch = config.data.batch_size, config.data.batch_size * world_size
+    if mixup_on and config.aug.mixup_mode == "batch" and local % 2:
+        raise ValueError(f"Mixup/CutMix in batch mode pairs each image with another of its batch: "
+                         f"data.batch_size (per process) must be even, got {local}")
+    if num_train < global_batch:
+        raise ValueError(f"the training set has {num_train} images, fewer than one global batch of {global_batch} "
+                         f"({world_size} process(es) x data.batch_size={local}); lower data.batch_size")
+
+
+def resolve_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:
+    if resume is None:
+        return None
+    if resume == "auto":
+        path = output_dir / LAST
+        return path if path.is_file() else None
+    return Path(resume)
+
+
+class Trainer:
+    """Everything a run holds between epochs, with the checkpoint that captures and restores all of it."""
+
+    def __init__(self, config: RunConfig, ctx: engine.DistContext) -> None:
+        self.config, self.ctx = config, ctx
+        self.output_dir = Path(config.output_dir)
+        recipe = resolve_recipe(config.method)
+        engine.seed_everything(config.train.seed)  # same on every rank: identical initial weights
+        self.data = build_datasets(config.data, config.aug, config.model.img_size, config.model.in_chans)
+        self.mixup = build_mixup(config.aug, self.data.num_classes)
+        check_batches(config, len(self.data.train), ctx.world_size, self.mixup is not None)
+        self.model = build_model(config.model.name, recipe, **model_kwargs(config, self.data.num_classes))
+        self.model.to(ctx.device)
+        self.model_ema = ModelEmaV3(self.model, decay=config.train.model_ema_decay) if config.train.model_ema \
+            else None
+        self.global_batch = config.data.batch_size * ctx.world_size
+        self.lr = engine.scaled_lr(config.optim.lr, self.global_batch)
+        self.optimizer = engine.build_optimizer(self.model, config.optim, self.lr)
+        self.scheduler = engine.build_scheduler(self.optimizer, config.optim, config.train.epochs)
+        self.amp_dtype = AMP_DTYPES[config.train.amp]
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.train.amp == "fp16")
+        self.criterion = engine.build_criterion(config.aug, self.mixup is not None)
+        self.train_model = self.model
+        if ctx.distributed:
+            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.loaders = build_loaders(self.data, config.data, config.aug.repeated_aug, config.train.seed, ctx.rank,
+                                     ctx.world_size)
+        self.start_epoch, self.best_acc1 = 0, 0.0
+
+    def state_dict(self, epoch: int) -> dict:
+        """The checkpoint after ``epoch``: model, EMA, optimizer, schedule, scaler, every rank's RNG states."""
+        return {"epoch": epoch, "best_acc1": self.best_acc1, "world_size": self.ctx.world_size,
+                "model": self.model.state_dict(),  # QLinear quantizer state (Q-EMA buffers) included
+                "model_ema": self.model_ema.state_dict() if self.model_ema is not None else None,
+                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(), "rng": engine.gather_objects(engine.rng_state())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.model_ema is not None:
+            if state["model_ema"] is None:
+                raise ValueError("train.model_ema is on but the checkpoint has no model EMA")
+            self.model_ema.load_state_dict(state["model_ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.best_acc1 = state["epoch"] + 1, state["best_acc1"]
+        if len(state["rng"]) == self.ctx.world_size:
+            engine.set_rng_state(state["rng"][self.ctx.rank])
+        else:
+            log.warning("checkpoint written by %d processes, resumed by %d: random streams start afresh",
+                        len(state["rng"]), self.ctx.world_size)
+            engine.seed_everything(mix_seed(self.config.train.seed, self.start_epoch, self.ctx.rank))
+
+    def save(self, epoch: int, is_best: bool) -> None:
+        state = self.state_dict(epoch)  # collective: every rank takes part
+        if self.ctx.is_main:
+            engine.save_atomic(state, self.output_dir / LAST)
+            if is_best:
+                engine.save_atomic(state, self.output_dir / BEST)
+        engine.barrier()
+
+    def run_info(self) -> dict:
+        quantized = sum(isinstance(m, QLinear) for m in self.model.modules())
+        return {"type": "run", "method": method_label(self.config), "recipe": resolve_recipe(self.config.method).name,
+                "model": self.config.model.name, "params": sum(p.numel() for p in self.model.parameters()),
+                "quantized_linears": quantized, "world_size": self.ctx.world_size,
+                "global_batch": self.global_batch, "lr": self.lr, "train_images": len(self.data.train),
+                "val_images": len(self.data.val), "device": str(self.ctx.device), "torch": torch.__version__,
+                "start_epoch": self.start_epoch}
+
+    def stop_note(self) -> str:
+        path = self.output_dir / LAST
+        if not path.is_file():
+            return "no checkpoint had been written yet"
+        epoch = engine.load(path)["epoch"]
+        return (f"the last good checkpoint, {path} (after epoch {epoch + 1}), is left as it was; resume from it "
+                f"with a lower optim.lr, with optim.clip_grad, or with train.amp=fp32")
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    line = (f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}  lr {record['lr']:.2e}  |  "
+            f"top-1 {record['test_acc1']:.2f}  top-5 {record['test_acc5']:.2f}")
+    if "ema_acc1" in record:
+        line += f"  (EMA {record['ema_acc1']:.2f})"
+    line += f"  best {record['best_acc1']:.2f}  |  {record['images_per_s']:.0f} img/s"
+    if record["peak_mem_mib"] is not None:
+        line += f"  peak {record['peak_mem_mib']:.0f} MiB"
+    return line + f"  |  {record['train_time_s']:.0f} s"
+
+
+def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Optional[int] = None) -> dict:
+    """Train (or continue) the run ``config`` defines; returns the last epoch's record.
+
+    Raises engine.NonFiniteLossError, with the state of the last good checkpoint in its message, if the loss
+    becomes NaN/Inf.
+    """
+    ctx = engine.init_distributed(config.train.device)
+    output_dir = Path(config.output_dir)
+    if ctx.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
+    trainer = Trainer(config, ctx)
+    checkpoint = resolve_resume(resume, output_dir)
+    if checkpoint is not None:
+        trainer.load_state_dict(engine.load(checkpoint))
+        log.info("resumed from %s at epoch %d", checkpoint, trainer.start_epoch + 1)
+    else:
+        engine.seed_everything(config.train.seed + ctx.rank)
+    logger = engine.RunLogger(output_dir, ctx.is_main)
+    info = trainer.run_info()
+    logger.write(info)
+    log.info("%s", json.dumps(info))
+    record: dict = {}
+    epochs = config.train.epochs
+    try:
+        for epoch in range(trainer.start_epoch, epochs):
+            trainer.loaders.set_epoch(epoch)
+            trainer.scheduler.step(epoch)
+            try:
+                stats = engine.train_one_epoch(
+                    trainer.train_model, trainer.loaders.train, trainer.criterion, trainer.optimizer,
+                    trainer.scaler, ctx, epoch, amp_dtype=trainer.amp_dtype, mixup=trainer.mixup,
+                    model_ema=trainer.model_ema, clip_grad=config.optim.clip_grad, logger=logger,
+                    log_interval=config.train.log_interval, first_step=epoch * len(trainer.loaders.train))
+            except engine.NonFiniteLossError as error:
+                raise engine.NonFiniteLossError(f"{error}; run stopped: {trainer.stop_note()}") from None
+            test = engine.evaluate(trainer.model, trainer.loaders.val, ctx, trainer.amp_dtype,
+                                   trainer.data.num_classes)
+            is_best = test["acc1"] > trainer.best_acc1
+            trainer.best_acc1 = max(trainer.best_acc1, test["acc1"])
+            record = {"type": "epoch", "epoch": epoch, **stats, "test_loss": test["loss"],
+                      "test_acc1": test["acc1"], "test_acc5": test["acc5"], "best_acc1": trainer.best_acc1}
+            if trainer.model_ema is not None:
+                ema = engine.evaluate(trainer.model_ema.module, trainer.loaders.val, ctx, trainer.amp_dtype,
+                                      trainer.data.num_classes)
+                record.update(ema_acc1=ema["acc1"], ema_acc5=ema["acc5"])
+            logger.write(record)  # before the checkpoint: a repeated epoch is logged twice (read_log keeps the last)
+            trainer.save(epoch, is_best)
+            log.info("%s", epoch_line(record, epochs))
+            if stop_after_epochs is not None and epoch + 1 - trainer.start_epoch >= stop_after_epochs:
+                break
+    finally:
+        logger.close()
+    return record
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    config = config_from_args(args)
+    engine.setup_console(is_main=os.environ.get("RANK", "0") == "0")
+    try:
+        record = run(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
+    except engine.NonFiniteLossError as error:
+        log.error("%s", error)
+        return 1
+    finally:
+        engine.cleanup()
+    if record:
+        log.info("final top-1 %.2f (best %.2f) after epoch %d; logs and checkpoints in %s", record["test_acc1"],
+                 record["best_acc1"], record["epoch"] + 1, config.output_dir)
+    else:
+        log.info("nothing to train: %s already holds all %d epochs", config.output_dir, config.train.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
