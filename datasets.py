@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.data import auto_augment
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as tv_transforms
@@ -165,15 +166,34 @@ def channel_stats(dataset: str, in_chans: int) -> "tuple[tuple[float, ...], tupl
     return tuple(mean), tuple(std)
 
 
+def _posterize(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize op, keeping 0 bits (a black image, what Pillow < 13 gave) rather than raising: RandAugment's
+    PosterizeIncreasing reaches 0 bits at magnitude 10, which rand-m9-mstd0.5 draws now and then."""
+    if bits_to_keep >= 8:
+        return image
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return auto_augment.posterize(image, bits_to_keep)
+
+
+def _pillow_safe(transform):
+    """``transform`` with the posterize op of any RandAugment inside it replaced by ``_posterize``."""
+    for step in getattr(transform, "transforms", ()):
+        for op in getattr(step, "ops", ()):
+            if op.aug_fn is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
+
+
 def build_transforms(data: DataConfig, aug: AugConfig, img_size: int, in_chans: int):
     """(train, eval) transforms: timm's DeiT pipeline (RandAugment, random erasing, ...) after a channel fix."""
     mean, std = channel_stats(data.dataset, in_chans)
     eval_tf = create_transform(img_size, is_training=False, interpolation=aug.interpolation, crop_pct=data.crop_pct,
                                mean=mean, std=std)
-    train_tf = eval_tf if aug.no_aug else create_transform(
+    train_tf = eval_tf if aug.no_aug else _pillow_safe(create_transform(
         img_size, is_training=True, auto_augment=aug.auto_augment, color_jitter=aug.color_jitter,
         interpolation=aug.interpolation, scale=tuple(aug.scale), hflip=aug.hflip, re_prob=aug.reprob,
-        re_mode=aug.remode, re_count=aug.recount, mean=mean, std=std)
+        re_mode=aug.remode, re_count=aug.recount, mean=mean, std=std))
     convert = ConvertMode(in_chans)
     return tv_transforms.Compose([convert, train_tf]), tv_transforms.Compose([convert, eval_tf])
 

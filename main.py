@@ -118,7 +118,7 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         self.loaders = build_loaders(self.data, config.data, config.aug.repeated_aug, config.train.seed, ctx.rank,
                                      ctx.world_size)
-        self.start_epoch, self.best_acc1 = 0, 0.0
+        self.start_epoch, self.best_acc1 = 0, float("-inf")  # the first evaluation is always the best yet
 
     def state_dict(self, epoch: int) -> dict:
         """The checkpoint after ``epoch``: model, EMA, optimizer, schedule, scaler, every rank's RNG states."""
@@ -199,8 +199,11 @@ def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Opti
         trainer.load_state_dict(engine.load(checkpoint))
         log.info("resumed from %s at epoch %d", checkpoint, trainer.start_epoch + 1)
     else:
+        if (output_dir / LAST).is_file():
+            log.warning("%s already holds %s: this run starts afresh and replaces it (--resume auto continues it)",
+                        output_dir, LAST)
         engine.seed_everything(config.train.seed + ctx.rank)
-    logger = engine.RunLogger(output_dir, ctx.is_main)
+    logger = engine.RunLogger(output_dir, ctx.is_main, append=checkpoint is not None)
     info = trainer.run_info()
     logger.write(info)
     log.info("%s", json.dumps(info))

@@ -16,15 +16,16 @@ class RunLogger:
     """Writes records such as {"type": "epoch", "epoch": 3, "test_acc1": 71.2, ...}; a no-op on other ranks.
 
     Numeric fields also go to TensorBoard as ``<type>/<field>`` at the record's ``step`` (or ``epoch``).
+    ``append``: continue the existing log (a resumed run) instead of starting it afresh.
     """
 
-    def __init__(self, output_dir: "str | Path", enabled: bool) -> None:
+    def __init__(self, output_dir: "str | Path", enabled: bool, append: bool) -> None:
         self.enabled = enabled
         self._file = self._writer = None
         if not enabled:
             return
         output_dir = Path(output_dir)
-        self._file = (output_dir / LOG_FILE).open("a")
+        self._file = (output_dir / LOG_FILE).open("a" if append else "w")
         try:
             from tensorboardX import SummaryWriter
         except ImportError:

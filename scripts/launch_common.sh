@@ -1,0 +1,45 @@
+# Sourced by the table launchers: environment defaults and `launch`, one training run through torchrun.
+#
+#   DATA_PATH    ImageNet ImageFolder root holding train/ and val/ (required)
+#   NPROC        processes (GPUs) per node, default 4 (the paper's setup; the model configs' per-GPU batch sizes
+#                assume it: the learning rate follows the global batch either way)
+#   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   several nodes: run the same command on each with its NODE_RANK
+#   OUTPUT       output root, default output/; a run goes to $OUTPUT/<model>-<epochs>ep/<method>
+#   EPOCHS       default 90 (PAPER.md)
+#   MODELS       space-separated model configs (configs/models/<name>.yaml); each table has its own default
+#   PYTHON       interpreter, default python
+#   DRY_RUN=1    print the commands instead of running them
+# Runs restart with --resume auto, so re-running a table continues or skips the runs already done.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+: "${DATA_PATH:?set DATA_PATH to the ImageNet ImageFolder root (train/<class>/..., val/<class>/...)}"
+NPROC=${NPROC:-4}
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+MASTER_PORT=${MASTER_PORT:-29500}
+OUTPUT=${OUTPUT:-output}
+EPOCHS=${EPOCHS:-90}
+PYTHON=${PYTHON:-python}
+
+# launch MODEL METHOD_FILE LABEL [main.py arguments...]
+launch() {
+  local model=$1 method=$2 label=$3
+  shift 3
+  local cmd=("$PYTHON" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK"
+             --master_addr="$MASTER_ADDR" --master_port="$MASTER_PORT" --nproc_per_node="$NPROC"
+             main.py --config "configs/models/$model.yaml" --config "configs/methods/$method.yaml"
+             --data-path "$DATA_PATH" --output "$OUTPUT/$model-${EPOCHS}ep/$label"
+             --set "train.epochs=$EPOCHS" --resume auto "$@")
+  if [ "${DRY_RUN:-0}" = 1 ]; then
+    printf '%q ' "${cmd[@]}"
+    printf '\n'
+  else
+    "${cmd[@]}"
+  fi
+}
+
+# launch_recipe MODEL RECIPE: a registered recipe (quantization.RECIPES) on top of the TetraJet method file.
+launch_recipe() {
+  launch "$1" tetrajet "$2" --set "method.recipe=$2"
+}

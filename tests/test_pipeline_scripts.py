@@ -1,0 +1,63 @@
+"""scripts/: every table launcher's runs parse into valid configs; the run summary reads the JSON-lines logs."""
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import main
+from configs import method_label
+from quantization import RECIPES
+
+from pipeline_helpers import REPO
+
+LAUNCHERS = sorted((REPO / "scripts").glob("table*.sh"))
+EXPECTED_RUNS = {"table1": 16, "table2": 15, "table5": 8, "table6": 3, "table7": 4}
+
+
+def _dry_run(script, **env):
+    """(torchrun command, main.py arguments, RunConfig) of every run the launcher would start."""
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True, timeout=60,
+                            env={**os.environ, "DRY_RUN": "1", "DATA_PATH": "/data/imagenet", **env})
+    runs = []
+    for line in result.stdout.splitlines():
+        command = shlex.split(line)
+        args = main.parse_args(command[command.index("main.py") + 1:])
+        runs.append((command, args, main.config_from_args(args)))
+    return runs
+
+
+@pytest.mark.parametrize("script", LAUNCHERS, ids=lambda p: p.stem)
+def test_launcher_runs_are_valid_configs(script):
+    runs = _dry_run(script, NPROC="8", EPOCHS="30")
+    assert len(runs) == EXPECTED_RUNS[script.stem]
+    for command, args, config in runs:
+        assert "--nproc_per_node=8" in command and args.resume == "auto"
+        assert config.train.epochs == 30 and config.data.path == "/data/imagenet"
+        assert config.output_dir.endswith(f"-30ep/{method_label(config)}")
+    assert len({config.output_dir for _, _, config in runs}) == len(runs)
+
+
+def test_launcher_needs_data_path():
+    env = {k: v for k, v in os.environ.items() if k != "DATA_PATH"}
+    result = subprocess.run(["bash", str(REPO / "scripts" / "table1.sh")], capture_output=True, text=True, env=env)
+    assert result.returncode != 0 and "set DATA_PATH" in result.stderr
+
+
+def test_table1_covers_every_single_quantizer_recipe():
+    labels = {method_label(config) for _, _, config in _dry_run(REPO / "scripts" / "table1.sh", MODELS="deit_tiny")}
+    assert labels == {"bf16", "tetrajet"} | {name for name in RECIPES if name.startswith("tetrajet_only_")}
+
+
+def test_summarize_runs_reads_the_last_record_of_each_epoch(tmp_path):
+    records = [{"type": "run", "method": "tetrajet"}]
+    for epoch, acc, speed in ((0, 10.0, 100.0), (1, 20.0, 300.0), (1, 25.0, 500.0), (2, 30.0, 700.0)):
+        records.append({"type": "epoch", "epoch": epoch, "test_acc1": acc, "best_acc1": acc, "images_per_s": speed,
+                        "peak_mem_mib": 1000.0 + epoch, "train_time_s": 60.0})
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "summarize_runs.py"), str(tmp_path)],
+                            capture_output=True, text=True, check=True)
+    row = result.stdout.splitlines()[2]
+    assert row.startswith("| tetrajet | 3 | 30.00 | 30.00 | - | 600 | 1002 | 3.0 |")
