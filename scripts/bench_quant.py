@@ -121,6 +121,37 @@ def profile_tetrajet_fc1() -> list[tuple[str, float]]:
     return sorted(totals.items(), key=lambda kv: -kv[1])
 
 
+def host_overhead_us() -> dict[str, float]:
+    """Host-side cost per call on tiny tensors (GPU work negligible): what a launch-bound step pays."""
+    import time
+
+    from quantization import quantize
+
+    x = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    layers = {name: QLinear(64, 64, recipe=name).cuda() for name in ("bf16", "tetrajet")}
+
+    def qlinear(layer):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = layer(x)
+        y.backward(torch.ones_like(y))
+
+    calls = {"quantize nearest": lambda: quantize(x.detach()),
+             "quantize stochastic": lambda: quantize(x.detach(), rounding="stochastic"),
+             "QLinear bf16 fwd+bwd": lambda: qlinear(layers["bf16"]),
+             "QLinear tetrajet fwd+bwd": lambda: qlinear(layers["tetrajet"])}
+    out = {}
+    for name, fn in calls.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(200):
+            fn()
+        torch.cuda.synchronize()
+        out[name] = (time.perf_counter() - start) / 200 * 1e6
+    return out
+
+
 def sweep(x: torch.Tensor) -> list[dict]:
     """Tile-size sweep for both layouts (nearest, values+packed), to pick the launch defaults."""
     fmt = get_format("e2m1")
@@ -156,6 +187,10 @@ def main() -> None:
     for r in result["linear"]:
         print(f"{r['shape']:18s} {r['bf16_ms']:8.3f} {r['tetrajet_ms']:9.3f} {r['tetrajet_ratio']:6.2f} "
               f"{r['microscaling_ms']:9.3f} {r['microscaling_ratio']:6.2f}")
+    result["host_overhead_us"] = host_overhead_us()
+    print("\nhost-side cost per call (tiny tensors)")
+    for name, us in result["host_overhead_us"].items():
+        print(f"{us:8.1f} us  {name}")
     result["profile_tetrajet_fc1_ms"] = profile_tetrajet_fc1()
     print("\nwhere the time goes: tetrajet fc1 fwd+bwd, CUDA ms per step by kernel")
     for name, ms in result["profile_tetrajet_fc1_ms"][:14]:
