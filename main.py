@@ -119,6 +119,7 @@ class Trainer:
         self.loaders = build_loaders(self.data, config.data, config.aug.repeated_aug, config.train.seed, ctx.rank,
                                      ctx.world_size)
         self.start_epoch, self.best_acc1 = 0, float("-inf")  # the first evaluation is always the best yet
+        self.saved_epoch: Optional[int] = None
 
     def state_dict(self, epoch: int) -> dict:
         """The checkpoint after ``epoch``: model, EMA, optimizer, schedule, scaler, every rank's RNG states."""
@@ -137,7 +138,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.start_epoch, self.best_acc1 = state["epoch"] + 1, state["best_acc1"]
+        self.saved_epoch, self.best_acc1 = state["epoch"], state["best_acc1"]
+        self.start_epoch = self.saved_epoch + 1
         if len(state["rng"]) == self.ctx.world_size:
             engine.set_rng_state(state["rng"][self.ctx.rank])
         else:
@@ -152,6 +154,7 @@ class Trainer:
             if is_best:
                 engine.save_atomic(state, self.output_dir / BEST)
         engine.barrier()
+        self.saved_epoch = epoch
 
     def run_info(self) -> dict:
         quantized = sum(isinstance(m, QLinear) for m in self.model.modules())
@@ -163,12 +166,37 @@ class Trainer:
                 "start_epoch": self.start_epoch}
 
     def stop_note(self) -> str:
-        path = self.output_dir / LAST
-        if not path.is_file():
+        if self.saved_epoch is None:
             return "no checkpoint had been written yet"
-        epoch = engine.load(path)["epoch"]
-        return (f"the last good checkpoint, {path} (after epoch {epoch + 1}), is left as it was; resume from it "
-                f"with a lower optim.lr, with optim.clip_grad, or with train.amp=fp32")
+        return (f"the last good checkpoint, {self.output_dir / LAST} (after epoch {self.saved_epoch + 1}), is left "
+                f"as it was; resume from it with a lower optim.lr, with optim.clip_grad, or with train.amp=fp32")
+
+    def evaluate(self, model: nn.Module) -> dict:
+        return engine.evaluate(model, self.loaders.val, self.ctx, self.amp_dtype, self.data.num_classes)
+
+    def train_epoch(self, epoch: int, logger: engine.RunLogger) -> dict:
+        """Train one epoch, evaluate the model (and its EMA), log and checkpoint; returns the epoch's record."""
+        self.loaders.set_epoch(epoch)
+        self.scheduler.step(epoch)
+        try:
+            stats = engine.train_one_epoch(
+                self.train_model, self.loaders.train, self.criterion, self.optimizer, self.scaler, self.ctx, epoch,
+                amp_dtype=self.amp_dtype, mixup=self.mixup, model_ema=self.model_ema,
+                clip_grad=self.config.optim.clip_grad, logger=logger, log_interval=self.config.train.log_interval,
+                first_step=epoch * len(self.loaders.train))
+        except engine.NonFiniteLossError as error:
+            raise engine.NonFiniteLossError(f"{error}; run stopped: {self.stop_note()}") from None
+        test = self.evaluate(self.model)
+        improved = test["acc1"] > self.best_acc1
+        self.best_acc1 = max(self.best_acc1, test["acc1"])
+        record = {"type": "epoch", "epoch": epoch, **stats, "test_loss": test["loss"], "test_acc1": test["acc1"],
+                  "test_acc5": test["acc5"], "best_acc1": self.best_acc1}
+        if self.model_ema is not None:
+            ema = self.evaluate(self.model_ema.module)
+            record.update(ema_acc1=ema["acc1"], ema_acc5=ema["acc5"])
+        logger.write(record)  # before the checkpoint: a repeated epoch is logged twice (read_log keeps the last)
+        self.save(epoch, improved)
+        return record
 
 
 def epoch_line(record: dict, epochs: int) -> str:
@@ -208,32 +236,10 @@ def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Opti
     logger.write(info)
     log.info("%s", json.dumps(info))
     record: dict = {}
-    epochs = config.train.epochs
     try:
-        for epoch in range(trainer.start_epoch, epochs):
-            trainer.loaders.set_epoch(epoch)
-            trainer.scheduler.step(epoch)
-            try:
-                stats = engine.train_one_epoch(
-                    trainer.train_model, trainer.loaders.train, trainer.criterion, trainer.optimizer,
-                    trainer.scaler, ctx, epoch, amp_dtype=trainer.amp_dtype, mixup=trainer.mixup,
-                    model_ema=trainer.model_ema, clip_grad=config.optim.clip_grad, logger=logger,
-                    log_interval=config.train.log_interval, first_step=epoch * len(trainer.loaders.train))
-            except engine.NonFiniteLossError as error:
-                raise engine.NonFiniteLossError(f"{error}; run stopped: {trainer.stop_note()}") from None
-            test = engine.evaluate(trainer.model, trainer.loaders.val, ctx, trainer.amp_dtype,
-                                   trainer.data.num_classes)
-            is_best = test["acc1"] > trainer.best_acc1
-            trainer.best_acc1 = max(trainer.best_acc1, test["acc1"])
-            record = {"type": "epoch", "epoch": epoch, **stats, "test_loss": test["loss"],
-                      "test_acc1": test["acc1"], "test_acc5": test["acc5"], "best_acc1": trainer.best_acc1}
-            if trainer.model_ema is not None:
-                ema = engine.evaluate(trainer.model_ema.module, trainer.loaders.val, ctx, trainer.amp_dtype,
-                                      trainer.data.num_classes)
-                record.update(ema_acc1=ema["acc1"], ema_acc5=ema["acc5"])
-            logger.write(record)  # before the checkpoint: a repeated epoch is logged twice (read_log keeps the last)
-            trainer.save(epoch, is_best)
-            log.info("%s", epoch_line(record, epochs))
+        for epoch in range(trainer.start_epoch, config.train.epochs):
+            record = trainer.train_epoch(epoch, logger)
+            log.info("%s", epoch_line(record, config.train.epochs))
             if stop_after_epochs is not None and epoch + 1 - trainer.start_epoch >= stop_after_epochs:
                 break
     finally:
