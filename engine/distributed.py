@@ -12,8 +12,7 @@ import torch.distributed as dist
 class DistContext:
     rank: int
     world_size: int
-    local_rank: int
-    device: torch.device
+    device: torch.device  # cuda:LOCAL_RANK or cpu
 
     @property
     def is_main(self) -> bool:
@@ -39,7 +38,7 @@ def init_distributed(device: str = "auto") -> DistContext:
         torch.cuda.set_device(target)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", device_id=target if use_cuda else None)
-    return DistContext(rank, world_size, local_rank, target)
+    return DistContext(rank, world_size, target)
 
 
 def cleanup() -> None:
