@@ -66,26 +66,17 @@ def _uniform(index, seed0, seed1):
 
 
 @triton.jit
-def _abs_and_nonfinite(x):
-    ax = tl.abs(x)
-    return ax, ((ax == float("inf")) | (x != x)).to(tl.int32)
-
-
-@triton.jit
-def _shared_exponent(amax, finite, EMAX: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, RCEIL: tl.constexpr):
-    """Block scale exponent s in [-127, 127] from the fp32 amax, read off its bits (reference.shared_exponent)."""
-    amax_bits = tl.where(finite, amax, 0.0).to(tl.int32, bitcast=True)
+def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
+                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_VALUE: tl.constexpr,
+                   MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr,
+                   RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+    """Quantize an fp32 tile given its (broadcastable) block amax. Returns (dequantized, code, biased scale)."""
+    amax = tl.where(finite, amax, 0.0)
+    amax_bits = amax.to(tl.int32, bitcast=True)
     s = ((amax_bits >> 23) & 0xFF) - 127 - EMAX
     if RCEIL:
         s += ((amax_bits & 0x7FFFFF) > MAX_MANT_FIELD).to(tl.int32)
-    return tl.minimum(tl.maximum(s, -127), 127)
-
-
-@triton.jit
-def _quantize_tile(x, s, finite, index, ema, seed0, seed1,
-                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_VALUE: tl.constexpr,
-                   MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr, ROUNDING: tl.constexpr):
-    """Round an fp32 tile against its (broadcastable) block exponent s. Returns (dequantized, 4-bit code)."""
+    s = tl.minimum(tl.maximum(s, -127), 127)
     v = x * _pow2(-s)
     negative = v.to(tl.int32, bitcast=True) < 0
     sign = tl.where(negative, -1.0, 1.0)
@@ -106,26 +97,13 @@ def _quantize_tile(x, s, finite, index, ema, seed0, seed1,
         up = sign * (ema * _pow2(-s)) >= (low + 0.5) * step
     k = low + up.to(tl.float32)
     magnitude = tl.minimum(k * step, MAX_VALUE)
-    deq = tl.where(finite, magnitude * sign * _pow2(s), float("nan"))
+    deq = magnitude * sign * _pow2(s)
+    deq = tl.where(finite, deq, float("nan"))
     code = tl.minimum((binade - EMIN) * (1 << MAN_BITS) + k.to(tl.int32), MAX_CODE)
     code = tl.where(negative, code | SIGN_BIT, code)
-    return deq, tl.where(finite, code, 0)
-
-
-@triton.jit
-def _round_and_store(x, s, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y: tl.constexpr,
-                     IS_BF16: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
-                     MAX_VALUE: tl.constexpr, MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr,
-                     ROUNDING: tl.constexpr):
-    """Quantize a loaded tile whose block exponents are known, store the values if asked; returns the codes."""
-    ema = x
-    if ROUNDING == 3:
-        ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    deq, code = _quantize_tile(x, s, finite, offs, ema, seed0, seed1, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_CODE,
-                               SIGN_BIT, ROUNDING)
-    if WRITE_Y:
-        tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
-    return code
+    code = tl.where(finite, code, 0)
+    scale = tl.where(finite, s + 127, 255)
+    return deq, code, scale
 
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])  # a seed of 1 must not become a compile-time constant
@@ -135,43 +113,34 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                           SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
-    """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short).
-    With packed output the tile is read as even and odd halves, so both codes of a byte sit in one thread."""
+    """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short)."""
     blocks_per_row = tl.cdiv(cols, 32)
     group = tl.program_id(0).to(tl.int64) * GROUPS + tl.arange(0, GROUPS)
     row = group // blocks_per_row
     col0 = (group % blocks_per_row) * 32
-    row_ok = row[:, None] < rows
+    lane = tl.arange(0, 32)
+    col = col0[:, None] + lane[None, :]
+    mask = (row[:, None] < rows) & (col < cols)
+    offs = row[:, None] * cols + col
+    x = _load_f32(x_ptr + offs, mask, IS_BF16)
+    ax = tl.abs(x)
+    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
+    amax = tl.max(ax, axis=1)
+    ema = x
+    if ROUNDING == 3:
+        ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    deq, code, scale = _quantize_tile(x, amax[:, None], finite[:, None], offs, ema, seed0, seed1, MAN_BITS, EMIN,
+                                      EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    if WRITE_Y:
+        tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
     if WRITE_PACKED:
-        col = col0[:, None] + 2 * tl.arange(0, 16)[None, :]
-        offs = row[:, None] * cols + col
-        mask_even, mask_odd = row_ok & (col < cols), row_ok & (col + 1 < cols)
-        x_even = _load_f32(x_ptr + offs, mask_even, IS_BF16)
-        x_odd = _load_f32(x_ptr + offs + 1, mask_odd, IS_BF16)
-        ax_even, bad_even = _abs_and_nonfinite(x_even)
-        ax_odd, bad_odd = _abs_and_nonfinite(x_odd)
-        amax = tl.maximum(tl.max(ax_even, axis=1), tl.max(ax_odd, axis=1))
-        finite = tl.max(tl.maximum(bad_even, bad_odd), axis=1) == 0
-        s = _shared_exponent(amax, finite, EMAX, MAX_MANT_FIELD, RCEIL)
-        code_even = _round_and_store(x_even, s[:, None], finite[:, None], offs, mask_even, ema_ptr, y_ptr, seed0,
-                                     seed1, WRITE_Y, IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_CODE, SIGN_BIT,
-                                     ROUNDING)
-        code_odd = _round_and_store(x_odd, s[:, None], finite[:, None], offs + 1, mask_odd, ema_ptr, y_ptr, seed0,
-                                    seed1, WRITE_Y, IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_CODE, SIGN_BIT,
-                                    ROUNDING)
-        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + col // 2,
-                 (code_even | (code_odd << 4)).to(tl.uint8), mask=mask_even)
-        tl.store(scales_ptr + group, tl.where(finite, s + 127, 255).to(tl.uint8), mask=row < rows)
-    else:
-        col = col0[:, None] + tl.arange(0, 32)[None, :]
-        mask = row_ok & (col < cols)
-        offs = row[:, None] * cols + col
-        x = _load_f32(x_ptr + offs, mask, IS_BF16)
-        ax, bad = _abs_and_nonfinite(x)
-        finite = tl.max(bad, axis=1) == 0
-        s = _shared_exponent(tl.max(ax, axis=1), finite, EMAX, MAX_MANT_FIELD, RCEIL)
-        _round_and_store(x, s[:, None], finite[:, None], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y, IS_BF16,
-                         MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_CODE, SIGN_BIT, ROUNDING)
+        low_code, high_code = tl.split(tl.reshape(code, (GROUPS, 16, 2)))
+        byte = (low_code | (high_code << 4)).to(tl.uint8)
+        half = tl.arange(0, 16)
+        pcol = col0[:, None] // 2 + half[None, :]
+        pmask = (row[:, None] < rows) & (2 * pcol < cols)
+        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pcol, byte, mask=pmask)
+        tl.store(scales_ptr + group, tl.max(scale, axis=1).to(tl.uint8), mask=row < rows)
 
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])
@@ -181,42 +150,29 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                           SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
-    """Each program handles one band of 32 rows x BLOCK_C columns; each column of the band is one block.
-    With packed output the band is read as even and odd columns, so both codes of a byte sit in one thread."""
+    """Each program handles one band of 32 rows x BLOCK_C columns; each column of the band is one block."""
     row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
-    row_ok = row[:, None] < rows
+    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (row[:, None] < rows) & (col[None, :] < cols)
+    offs = row[:, None] * cols + col[None, :]
+    x = _load_f32(x_ptr + offs, mask, IS_BF16)
+    ax = tl.abs(x)
+    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=0) == 0
+    amax = tl.max(ax, axis=0)
+    ema = x
+    if ROUNDING == 3:
+        ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    deq, code, scale = _quantize_tile(x, amax[None, :], finite[None, :], offs, ema, seed0, seed1, MAN_BITS, EMIN,
+                                      EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    if WRITE_Y:
+        tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
     if WRITE_PACKED:
-        col = tl.program_id(1) * BLOCK_C + 2 * tl.arange(0, BLOCK_C // 2)
-        offs = row[:, None] * cols + col[None, :]
-        mask_even, mask_odd = row_ok & (col[None, :] < cols), row_ok & (col[None, :] + 1 < cols)
-        x_even = _load_f32(x_ptr + offs, mask_even, IS_BF16)
-        x_odd = _load_f32(x_ptr + offs + 1, mask_odd, IS_BF16)
-        ax_even, bad_even = _abs_and_nonfinite(x_even)
-        ax_odd, bad_odd = _abs_and_nonfinite(x_odd)
-        finite_even, finite_odd = tl.max(bad_even, axis=0) == 0, tl.max(bad_odd, axis=0) == 0
-        s_even = _shared_exponent(tl.max(ax_even, axis=0), finite_even, EMAX, MAX_MANT_FIELD, RCEIL)
-        s_odd = _shared_exponent(tl.max(ax_odd, axis=0), finite_odd, EMAX, MAX_MANT_FIELD, RCEIL)
-        code_even = _round_and_store(x_even, s_even[None, :], finite_even[None, :], offs, mask_even, ema_ptr, y_ptr,
-                                     seed0, seed1, WRITE_Y, IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_CODE,
-                                     SIGN_BIT, ROUNDING)
-        code_odd = _round_and_store(x_odd, s_odd[None, :], finite_odd[None, :], offs + 1, mask_odd, ema_ptr, y_ptr,
-                                    seed0, seed1, WRITE_Y, IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_CODE,
-                                    SIGN_BIT, ROUNDING)
-        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + col[None, :] // 2,
-                 (code_even | (code_odd << 4)).to(tl.uint8), mask=mask_even)
-        scale_row = scales_ptr + tl.program_id(0) * cols
-        tl.store(scale_row + col, tl.where(finite_even, s_even + 127, 255).to(tl.uint8), mask=col < cols)
-        tl.store(scale_row + col + 1, tl.where(finite_odd, s_odd + 127, 255).to(tl.uint8), mask=col + 1 < cols)
-    else:
-        col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask = row_ok & (col[None, :] < cols)
-        offs = row[:, None] * cols + col[None, :]
-        x = _load_f32(x_ptr + offs, mask, IS_BF16)
-        ax, bad = _abs_and_nonfinite(x)
-        finite = tl.max(bad, axis=0) == 0
-        s = _shared_exponent(tl.max(ax, axis=0), finite, EMAX, MAX_MANT_FIELD, RCEIL)
-        _round_and_store(x, s[None, :], finite[None, :], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y, IS_BF16,
-                         MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_CODE, SIGN_BIT, ROUNDING)
+        low_code, high_code = tl.split(tl.reshape(code, (32, BLOCK_C // 2, 2)))
+        byte = (low_code | (high_code << 4)).to(tl.uint8)
+        pcol = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+        pmask = (row[:, None] < rows) & (2 * pcol[None, :] < cols)
+        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pcol[None, :], byte, mask=pmask)
+        tl.store(scales_ptr + tl.program_id(0) * cols + col, tl.max(scale, axis=0).to(tl.uint8), mask=col < cols)
 
 
 @triton.jit
