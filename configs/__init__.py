@@ -3,11 +3,10 @@
 The YAML files beside this module: ``models/`` (network + the paper's per-model training settings), ``methods/``
 (quantization recipe), and self-contained quick-run files such as ``quickstart.yaml``.
 """
-from .loader import (config_to_dict, load_config, method_label, parse_override, read_yaml, resolve_recipe,
-                     save_config)
+from .loader import config_to_dict, load_config, method_label, parse_override, resolve_recipe, save_config
 from .schema import (AugConfig, DataConfig, MethodConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig,
                      choices_error)
 
 __all__ = ["AugConfig", "DataConfig", "MethodConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig",
-           "choices_error", "config_to_dict", "load_config", "method_label", "parse_override", "read_yaml",
-           "resolve_recipe", "save_config"]
+           "choices_error", "config_to_dict", "load_config", "method_label", "parse_override", "resolve_recipe",
+           "save_config"]

@@ -1,6 +1,6 @@
 # Sourced by the table launchers: environment defaults and `launch`, one training run through torchrun.
 #
-#   DATA_PATH    ImageNet ImageFolder root holding train/ and val/ (required)
+#   DATA_PATH    ImageNet ImageFolder root holding train/ and val/ (required; absolute, or relative to the repo root)
 #   NPROC        processes (GPUs) per node, default 4 (the paper's setup; the model configs' per-GPU batch sizes
 #                assume it: the learning rate follows the global batch either way)
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT   several nodes: run the same command on each with its NODE_RANK
