@@ -5,10 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .formats import get_format
+from .freeze import FreezeState
 from .ops import quantize_2d
 from .recipes import ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
 from .reference import dequantize_2d as _reference_dequantize
-from .formats import get_format
 
 QEMA_WARMUP_UPDATES = 10
 
@@ -93,8 +94,9 @@ class MXLinearFunction(torch.autograd.Function):
 class QLinear(nn.Linear):
     """nn.Linear whose forward and backward GEMM operands go through the recipe's six MX quantizers.
 
-    State dicts stay compatible with nn.Linear (plus ``weight_ema``/``ema_updates`` buffers for Q-EMA recipes).
-    Under autocast the operands are cast to the autocast dtype first, so quantization sees what the GEMM would see.
+    State dicts stay compatible with nn.Linear (plus ``weight_ema``/``ema_updates`` buffers for Q-EMA recipes and the
+    ``freeze_state.*`` buffers for Freeze recipes). Under autocast the operands are cast to the autocast dtype first,
+    so quantization sees what the GEMM would see.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, recipe: "str | Recipe" = "tetrajet",
@@ -105,6 +107,8 @@ class QLinear(nn.Linear):
             self.register_buffer("weight_ema", self.weight.detach().clone().float())
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
             self._qema_active = False
+        # Nagel et al. 2022 iterative freezing: per-weight tracking state (quantization.freeze), saved with the model.
+        self.freeze_state = FreezeState(self.weight.shape, self.weight.device) if self.recipe.freeze else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe: "str | Recipe") -> "QLinear":
@@ -121,16 +125,39 @@ class QLinear(nn.Linear):
 
     @property
     def uses_qema(self) -> bool:
-        return self.recipe.q2 is not None and self.recipe.q2.rounding == "ema"
+        return self.recipe.uses_qema
 
     @torch.no_grad()
     def update_weight_ema(self, beta: float) -> None:
-        """W_ema <- beta W_ema + (1 - beta) W; Q-EMA rounding switches on after 10 updates (PAPER.md)."""
+        """W_ema <- beta W_ema + (1 - beta) W; Q-EMA rounding switches on after 10 updates (PAPER.md).
+
+        quantization.ema.attach_qema calls this (batched over all layers) after every optimizer step.
+        """
         if not self.uses_qema:
             raise RuntimeError(f"recipe {self.recipe.name!r} does not use Q-EMA (q2 rounding is not 'ema')")
         self.weight_ema.lerp_(self.weight.float(), 1.0 - beta)
         self.ema_updates += 1
-        self._qema_active = self._qema_active or int(self.ema_updates) >= QEMA_WARMUP_UPDATES
+
+    def qema_active(self) -> bool:
+        """Whether Q-EMA rounding is on: ``ema_updates`` has reached QEMA_WARMUP_UPDATES.
+
+        Latched on the host, so the device counter is read (a sync) only until it first passes. A copy whose buffers
+        are overwritten in place (timm's model EMA copies ``ema_updates``) catches up at its next forward; loading a
+        state dict re-evaluates the latch.
+        """
+        if self.uses_qema and not self._qema_active:
+            self._qema_active = int(self.ema_updates) >= QEMA_WARMUP_UPDATES
+        return self.uses_qema and self._qema_active
+
+    @torch.no_grad()
+    def quantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Q2(W) as the forward GEMM uses it: W cast to ``dtype`` (the autocast dtype; None: W's own) and quantized by
+        the recipe's q2, with Q-EMA rounding once active; W itself when q2 is off. For measurements (oscillation
+        metrics, Q-Ramping calibration, the Dampen target)."""
+        weight = self.weight.detach() if dtype is None else self.weight.detach().to(dtype)
+        ema = self.weight_ema if self.qema_active() else None
+        values, _, _ = _quantize(weight.contiguous(), self.recipe.q2, "q2", ema2d=ema)
+        return values
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -146,7 +173,7 @@ class QLinear(nn.Linear):
             dtype = torch.get_autocast_dtype(device_type)
             x, weight = x.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
-        ema = self.weight_ema if self.uses_qema and self._qema_active else None
+        ema = self.weight_ema if self.qema_active() else None
         with torch.autocast(device_type, enabled=False):
             return MXLinearFunction.apply(x, weight, bias, self.recipe, ema)
 

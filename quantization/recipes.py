@@ -4,10 +4,15 @@ Y = X W^T with X: (N, D) tokens and W: (C, D). Forward: Q1 on X and Q2 on W (1x3
 dX = Q3(dY) Q4(W') with Q3 1x32 along C and Q4 32x1 along C; dW = Q5(dY)^T Q6(X') with Q5, Q6 32x1 along N.
 With ``double_quant`` W' = Q2(W) and X' = Q1(X) (TetraJet), otherwise the full-precision W and X (Microscaling).
 A quantizer set to None passes its tensor through unchanged.
+
+Besides the quantizers, a recipe names the training-side parts of a method: the Q-EMA decay (used when q2 rounds with
+"ema"), Q-Ramping (``qramping``) and the two baselines of Nagel et al. 2022 (``dampen``, ``freeze``). They are data
+here; quantization.ema, .ramping, .dampen and .freeze act on them.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .formats import check_rounding, check_scale_rule, get_format
@@ -32,6 +37,83 @@ class QuantizerConfig:
         check_rounding(self.rounding)
 
 
+def _require(ok: bool, what: str, value: object, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"{what} must be {rule}, got {value!r}")
+
+
+def cosine_anneal(start: float, final: float, progress: float, anneal_start: float = 0.0) -> float:
+    """``start`` until ``anneal_start`` (a fraction of training), then a cosine from ``start`` to ``final`` at
+    progress 1 (the schedule Nagel et al. 2022 use for the dampening weight and the freezing threshold)."""
+    if progress <= anneal_start:
+        return start
+    t = min((progress - anneal_start) / (1.0 - anneal_start), 1.0)
+    return final + 0.5 * (start - final) * (1.0 + math.cos(math.pi * t))
+
+
+@dataclass(frozen=True)
+class QRampingConfig:
+    """Q-Ramping (PAPER.md): every ``interval`` steps (None: at each epoch start) ``calib_steps`` plain-AdamW steps
+    measure each weight's oscillation ratio R_w; its update period becomes k2 * floor(R_w / k1) + 1."""
+
+    k1: float = 16.0
+    k2: int = 5
+    calib_steps: int = 30
+    interval: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.k1 > 0, "qramping.k1", self.k1, "> 0")
+        _require(isinstance(self.k2, int) and self.k2 >= 0, "qramping.k2", self.k2, "an integer >= 0")
+        _require(isinstance(self.calib_steps, int) and self.calib_steps >= 1, "qramping.calib_steps",
+                 self.calib_steps, "an integer >= 1")
+        _require(self.interval is None or (isinstance(self.interval, int) and self.interval >= 1),
+                 "qramping.interval", self.interval, "null (each epoch) or an integer >= 1")
+
+
+@dataclass(frozen=True)
+class DampenConfig:
+    """Oscillation dampening (Nagel et al. 2022): loss weight * sum (sg(Q(W)) - clip(W))^2 over the quantized weights,
+    the weight annealed by a cosine from ``start`` to ``final`` (their defaults: 0 -> 0.1)."""
+
+    start: float = 0.0
+    final: float = 0.1
+    anneal_start: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.start >= 0 and self.final >= 0, "dampen.start/final", (self.start, self.final), ">= 0")
+        _require(0.0 <= self.anneal_start < 1.0, "dampen.anneal_start", self.anneal_start, "in [0, 1)")
+
+    def weight_at(self, progress: float) -> float:
+        """The loss weight at ``progress`` (fraction of all training steps done, in [0, 1])."""
+        return cosine_anneal(self.start, self.final, progress, self.anneal_start)
+
+
+@dataclass(frozen=True)
+class FreezeConfig:
+    """Iterative weight freezing (Nagel et al. 2022): a weight whose oscillation frequency (EMA with ``momentum`` of
+    grid flips that reverse the previous flip) exceeds the threshold is frozen; the threshold anneals by a cosine
+    from ``threshold_start`` to ``threshold_final`` (their 4-bit settings: 0.1 -> 0.01, momentum 0.01)."""
+
+    momentum: float = 0.01
+    threshold_start: float = 0.1
+    threshold_final: float = 0.01
+    anneal_start: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.momentum <= 1.0, "freeze.momentum", self.momentum, "in (0, 1]")
+        _require(self.threshold_start > 0 and self.threshold_final > 0, "freeze.threshold_start/final",
+                 (self.threshold_start, self.threshold_final), "> 0")
+        _require(0.0 <= self.anneal_start < 1.0, "freeze.anneal_start", self.anneal_start, "in [0, 1)")
+
+    def threshold_at(self, progress: float) -> float:
+        """The freezing threshold at ``progress`` (fraction of all training steps done, in [0, 1])."""
+        return cosine_anneal(self.threshold_start, self.threshold_final, progress, self.anneal_start)
+
+
+# Fields of Recipe that hold a nested config, and its class (for from_dict).
+_NESTED = {"qramping": QRampingConfig, "dampen": DampenConfig, "freeze": FreezeConfig}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Per-quantizer settings of a quantized Linear; ``None`` switches a quantizer off."""
@@ -44,6 +126,10 @@ class Recipe:
     q5: QuantizerConfig | None = None
     q6: QuantizerConfig | None = None
     double_quant: bool = True
+    qema_beta: float = 0.998  # Q-EMA decay (PAPER.md Table 8); used only when q2 rounds with "ema"
+    qramping: QRampingConfig | None = None
+    dampen: DampenConfig | None = None
+    freeze: FreezeConfig | None = None
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -53,11 +139,24 @@ class Recipe:
             if config is not None and config.rounding == "ema" and role != "q2":
                 raise ValueError(f"recipe {self.name!r}: rounding 'ema' (Q-EMA) acts on the weight quantizer q2 "
                                  f"only, not on {role}")
+        _require(0.0 < self.qema_beta < 1.0, f"recipe {self.name!r}: qema_beta", self.qema_beta, "in (0, 1)")
+        for key, cls in _NESTED.items():
+            config = getattr(self, key)
+            if config is not None and not isinstance(config, cls):
+                raise TypeError(f"recipe {self.name!r}: {key} must be a {cls.__name__} or None, got {config!r}")
+            if config is not None and self.q2 is None:
+                raise ValueError(f"recipe {self.name!r}: {key} acts on quantized weights, but the weight quantizer "
+                                 f"q2 is off")
 
     def quantizer(self, role: str) -> QuantizerConfig | None:
         if role not in ROLES:
             raise ValueError(f"unknown quantizer {role!r}; valid choices: {', '.join(ROLES)}")
         return getattr(self, role)
+
+    @property
+    def uses_qema(self) -> bool:
+        """Whether the weight quantizer q2 rounds with Q-EMA."""
+        return self.q2 is not None and self.q2.rounding == "ema"
 
     @property
     def quantizes_anything(self) -> bool:
@@ -84,14 +183,16 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe keys {sorted(unknown)}; valid keys: {', '.join(sorted(valid))}")
         fields = dict(data)
-        qvalid = {f.name for f in dataclasses.fields(QuantizerConfig)}
-        for role in ROLES:
-            config = fields.get(role)
+        nested = {**{role: QuantizerConfig for role in ROLES}, **_NESTED}
+        for key, config_cls in nested.items():
+            config = fields.get(key)
             if isinstance(config, dict):
-                bad = set(config) - qvalid
+                valid_keys = {f.name for f in dataclasses.fields(config_cls)}
+                bad = set(config) - valid_keys
                 if bad:
-                    raise ValueError(f"unknown keys {sorted(bad)} in {role}; valid keys: {', '.join(sorted(qvalid))}")
-                fields[role] = QuantizerConfig(**config)
+                    raise ValueError(f"unknown keys {sorted(bad)} in {key}; valid keys: "
+                                     f"{', '.join(sorted(valid_keys))}")
+                fields[key] = config_cls(**config)
         return cls(**fields)
 
 
@@ -124,6 +225,13 @@ def _build_registry() -> dict[str, Recipe]:
     for fwd_fmt in ("e2m1", "e3m0"):
         for bwd_fmt in ("e2m1", "e3m0"):
             recipes.append(_tetrajet(f"table7_{fwd_fmt}_{bwd_fmt}", fwd_fmt=fwd_fmt, bwd_fmt=bwd_fmt))
+    # Table 2 (Q-EMA, Q-Ramping) and Tables 3-4 (the oscillation baselines of Nagel et al. 2022).
+    recipes += [
+        tetrajet.replace(name="tetrajet_qema", q2=dataclasses.replace(tetrajet.q2, rounding="ema")),
+        tetrajet.replace(name="tetrajet_qramping", qramping=QRampingConfig()),
+        tetrajet.replace(name="tetrajet_dampen", dampen=DampenConfig()),
+        tetrajet.replace(name="tetrajet_freeze", freeze=FreezeConfig()),
+    ]
     return {recipe.name: recipe for recipe in recipes}
 
 

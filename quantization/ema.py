@@ -1,0 +1,65 @@
+"""Q-EMA's update: W_ema <- beta W_ema + (1 - beta) W after every optimizer step, for every Q-EMA QLinear.
+
+The EMA lives in each QLinear's ``weight_ema`` buffer (with its update count ``ema_updates``), so checkpoints save
+and restore it with the model; Q-EMA rounding switches on after QEMA_WARMUP_UPDATES updates and then also acts in
+evaluation. ``attach_qema`` registers the update as an optimizer step post-hook, so the training loop cannot forget
+it: it runs exactly when the weights change (a step that torch.amp.GradScaler skips for non-finite gradients does
+not update the EMA either). It needs no communication under DDP (every rank holds the same weights after the step)
+and touches only the training model: timm's model EMA keeps its own copy of the buffers (it averages ``weight_ema``
+and copies ``ema_updates`` like any other buffer), which never feeds back into the training model.
+
+Typical use, after the optimizer is built and (on resume) after the checkpoint is loaded into model and optimizer::
+
+    handle = attach_qema(model, optimizer)          # beta from each layer's recipe (qema_beta), e.g. 0.998
+    ...
+    handle.remove()                                 # to detach
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from .linear import QLinear
+
+
+def qema_layers(model: nn.Module) -> list[QLinear]:
+    """The QLinears of ``model`` whose weight quantizer rounds with Q-EMA."""
+    return [m for m in model.modules() if isinstance(m, QLinear) and m.uses_qema]
+
+
+@torch.no_grad()
+def update_qema(layers: list[QLinear], beta: float) -> None:
+    """One EMA update of every layer's ``weight_ema`` (and count), batched: same values as calling
+    ``layer.update_weight_ema(beta)`` on each layer."""
+    if not 0.0 < beta < 1.0:
+        raise ValueError(f"Q-EMA beta must be in (0, 1), got {beta!r}")
+    torch._foreach_lerp_([m.weight_ema for m in layers], [m.weight.float() for m in layers], 1.0 - beta)
+    torch._foreach_add_([m.ema_updates for m in layers], 1)
+
+
+def attach_qema(model: nn.Module, optimizer: torch.optim.Optimizer, beta: float | None = None) -> RemovableHandle:
+    """Update the Q-EMA of every Q-EMA QLinear in ``model`` after each ``optimizer.step()``.
+
+    ``beta``: the EMA decay for all layers; None takes each layer's ``recipe.qema_beta``. ``model`` is the training
+    model (unwrapped from DDP or not: the layers are the same). Returns the hook handle. Raises ValueError if
+    ``model`` has no Q-EMA layer (a recipe whose q2 rounding is "ema", e.g. tetrajet_qema).
+    """
+    layers = qema_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no QLinear with Q-EMA (q2 rounding 'ema'); use a Q-EMA "
+                         f"recipe such as tetrajet_qema")
+    groups: dict[float, list[QLinear]] = defaultdict(list)
+    for layer in layers:
+        groups[layer.recipe.qema_beta if beta is None else beta].append(layer)
+    for value in groups:
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"Q-EMA beta must be in (0, 1), got {value!r}")
+
+    def hook(opt, args, kwargs) -> None:
+        for value, members in groups.items():
+            update_qema(members, value)
+
+    return optimizer.register_step_post_hook(hook)

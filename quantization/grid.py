@@ -1,0 +1,42 @@
+"""Where weights sit on their MX grid: per-element block scales and signed grid positions.
+
+Shared by the oscillation metrics (QuantConf, traces), the Dampen clip bounds and Freeze's flip tracking. The scale is
+the one the weight quantizer Q2 uses: 1x32 blocks along the last dim, computed exactly as in reference.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from .formats import BLOCK_SIZE, ElementFormat, get_format
+from .recipes import QuantizerConfig
+
+
+def block_scales(weight: torch.Tensor, config: QuantizerConfig) -> torch.Tensor:
+    """2^s (fp32, shaped like ``weight``) of each element's 1x32 block under ``config``'s format and scale rule."""
+    w2d = weight.detach().reshape(-1, weight.shape[-1]).float()
+    rows, cols = w2d.shape
+    blocks = F.pad(w2d.abs(), (0, -cols % BLOCK_SIZE)).view(rows, -1, BLOCK_SIZE)
+    exponent = reference.shared_exponent(blocks.amax(dim=-1), get_format(config.fmt), config.scale_rule)
+    scales = reference.pow2(exponent).repeat_interleave(BLOCK_SIZE, dim=1)[:, :cols]
+    return scales.reshape(weight.shape)
+
+
+def grid_magnitudes(fmt: ElementFormat, device: torch.device | str | None = None) -> torch.Tensor:
+    """The format's non-negative grid values, ascending (fp32)."""
+    return torch.tensor(fmt.grid(), dtype=torch.float32, device=device)
+
+
+def grid_index(grid_values: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
+    """Signed position (int8, in [-max_code, max_code]) of exact signed grid values, e.g. E2M1 -1.5 -> -3, 6 -> 7."""
+    magnitudes = grid_magnitudes(fmt, grid_values.device)
+    index = torch.searchsorted(magnitudes, grid_values.abs().float().contiguous())
+    return torch.where(grid_values < 0, -index, index).to(torch.int8)
+
+
+def index_value(index: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
+    """Inverse of ``grid_index``: the signed grid value (fp32) at each signed position."""
+    magnitudes = grid_magnitudes(fmt, index.device)
+    value = magnitudes[index.abs().long()]
+    return torch.where(index < 0, -value, value)
