@@ -1,0 +1,350 @@
+"""Q-Ramping (PAPER.md): AdamW with per-element update periods, and the calibration that sets the periods.
+
+Optimizer: ``QRampingAdamW`` takes every parameter's gradient at every step, but an element with update period p
+accumulates its gradient and takes its Adam step only every p steps, with the mean accumulated gradient and the
+learning rate times the number of steps accumulated. Decoupled weight decay applies every step; the bias correction
+uses the global step; non-finite gradient elements are not accumulated (and not counted). Parameters without periods
+(and all parameters before any are set) take exactly torch.optim.AdamW's step.
+
+Calibration: ``QRampingCalibrator`` runs, every T_update steps (default: at each epoch start), T0 (default 30) steps
+of plain AdamW, measures each quantized weight's oscillation ratio R_w through the same forward weight quantizer as
+training, restores model, optimizer, grad scaler, random generators (and whatever else it is given) from an
+in-memory snapshot and sets the periods p = k2 * floor(R_w / k1) + 1, capped at the steps per epoch.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.adamw import adamw as _torch_adamw
+
+from .linear import QLinear
+from .oscillation import OSCILLATING_RATIO, OscillationRatio
+from .ops import triton_interpreted
+from .recipes import QRampingConfig
+
+PERIOD_DTYPE = torch.int32
+BACKENDS = ("auto", "torch", "triton")
+RAMPING_STATE = ("update_period", "accum_count", "grad_accum")
+
+
+@torch.no_grad()
+def ramped_adamw_reference(param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+                           grad_accum: torch.Tensor, accum_count: torch.Tensor, update_period: torch.Tensor, *,
+                           step: float, lr: float, beta1: float, beta2: float, eps: float,
+                           weight_decay: float) -> None:
+    """One Q-Ramping step of one tensor, in place: the readable specification (the Triton kernel follows it).
+
+    ``step`` is the global step (1 for the first). An element whose count reaches its period steps like
+    torch.optim.AdamW with the mean accumulated gradient and the step size times the count; with count 1 every
+    operation is the one torch's single-tensor AdamW performs, so all-ones periods give its exact values.
+    """
+    param.mul_(1 - lr * weight_decay)
+    finite = torch.isfinite(grad)
+    grad_accum.add_(torch.where(finite, grad, torch.zeros_like(grad)))
+    accum_count.add_(finite.to(accum_count.dtype))
+    ready = (accum_count >= update_period) & (accum_count > 0)
+    count = torch.where(ready, accum_count, torch.ones_like(accum_count)).to(grad_accum.dtype)
+    mean_grad = grad_accum / count
+    m = exp_avg.lerp(mean_grad, 1 - beta1)
+    v = (exp_avg_sq * beta2).addcmul_(mean_grad, mean_grad, value=1 - beta2)
+    bias_correction1 = 1 - beta1**step
+    bias_correction2 = 1 - beta2**step
+    denom = (v.sqrt() / bias_correction2**0.5).add_(eps)
+    stepped = param.addcdiv(m * count, denom, value=-(lr / bias_correction1))
+    param.copy_(torch.where(ready, stepped, param))
+    exp_avg.copy_(torch.where(ready, m, exp_avg))
+    exp_avg_sq.copy_(torch.where(ready, v, exp_avg_sq))
+    grad_accum.masked_fill_(ready, 0.0)
+    accum_count.masked_fill_(ready, 0)
+
+
+class QRampingAdamW(torch.optim.Optimizer):
+    """AdamW with per-element update periods (Q-Ramping, PAPER.md); see the module docstring for the rule.
+
+    Same arguments and param groups as torch.optim.AdamW (``foreach``/``fused`` apply to the parameters without
+    periods, which take torch's own AdamW step). ``backend``: how parameters with periods step: "triton" (one fused
+    launch for all of them; fp32 CUDA tensors), "torch" (``ramped_adamw_reference`` per tensor), "auto" (Triton when
+    possible). Gradient clipping: clip ``.grad`` before ``step()`` as usual; each step's clipped gradient is what
+    accumulates. Under DDP every rank holds the same averaged gradients, so every rank takes the same step.
+
+    Example::
+
+        optimizer = QRampingAdamW(param_groups, lr=1e-3, weight_decay=0.05)
+        optimizer.set_update_periods({layer.weight: periods})   # int tensor shaped like the weight, >= 1
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, *, foreach: bool | None = None,
+                 fused: bool | None = None, backend: str = "auto") -> None:
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+            raise ValueError(f"betas must be two numbers in [0, 1), got {betas}")
+        if fused and foreach:
+            raise ValueError("fused and foreach cannot both be True")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused)
+        super().__init__(params, defaults)
+        self.backend = backend
+        self._plain = False
+        self._tables: dict = {}
+
+    # -- periods -------------------------------------------------------------------------------------------------
+
+    def set_update_periods(self, periods: Mapping[torch.Tensor, torch.Tensor]) -> None:
+        """Set the update periods (integer tensors >= 1 shaped like their parameters); parameters not given get
+        period 1. Pending accumulations are kept: an element whose count already reaches its new period steps at
+        the next step with what it has accumulated."""
+        groups = {id(p): group for group in self.param_groups for p in group["params"]}
+        for param, period in periods.items():
+            if id(param) not in groups:
+                raise ValueError(f"update period given for a tensor of shape {tuple(param.shape)} that is not a "
+                                 f"parameter of this optimizer")
+            if period.shape != param.shape:
+                raise ValueError(f"update period of shape {tuple(period.shape)} for a parameter of shape "
+                                 f"{tuple(param.shape)}")
+            if period.dtype.is_floating_point or period.dtype.is_complex or period.dtype == torch.bool:
+                raise TypeError(f"update periods must be an integer tensor, got {period.dtype}")
+            if period.numel() and int(period.min()) < 1:
+                raise ValueError(f"update periods must be >= 1, got a minimum of {int(period.min())}")
+        given = {id(p) for p in periods}
+        for param, state in self.state.items():
+            if "update_period" in state and id(param) not in given:
+                state["update_period"].fill_(1)
+        for param, period in periods.items():
+            state = self._init_state(param, groups[id(param)])
+            state["step"] = state["step"].cpu()  # the ramped step reads its bias correction on the host
+            if "update_period" not in state:
+                state["grad_accum"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.contiguous_format)
+                state["accum_count"] = torch.zeros_like(param, dtype=PERIOD_DTYPE, memory_format=torch.contiguous_format)
+            state["update_period"] = period.to(device=param.device, dtype=PERIOD_DTYPE).contiguous().clone()
+
+    def update_periods(self) -> dict[torch.Tensor, torch.Tensor]:
+        """The parameters that have periods, with them."""
+        return {p: s["update_period"] for p, s in self.state.items() if "update_period" in s}
+
+    @contextmanager
+    def plain_adamw(self) -> Iterator[None]:
+        """Inside, ``step()`` is plain AdamW for every parameter: periods are ignored and pending accumulations left
+        untouched (Q-Ramping's calibration steps)."""
+        previous, self._plain = self._plain, True
+        try:
+            yield
+        finally:
+            self._plain = previous
+
+    # -- step -----------------------------------------------------------------------------------------------------
+
+    def _init_state(self, param: torch.Tensor, group: dict) -> dict:
+        state = self.state[param]
+        if not state:  # as torch.optim.AdamW lays it out
+            state["step"] = (torch.zeros((), dtype=torch.float32, device=param.device) if group["fused"]
+                             else torch.tensor(0.0, dtype=torch.float32))
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        """One optimizer step (``closure`` re-evaluates the loss, as for any torch optimizer)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            plain, ramped = [], []
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse:
+                    raise RuntimeError("QRampingAdamW does not support sparse gradients")
+                state = self._init_state(param, group)
+                (ramped if "update_period" in state else plain).append(param)
+            self._adamw(plain, group, group["foreach"], group["fused"])
+            if self._plain:
+                self._adamw(ramped, group, None, False)  # their step counters live on the host: not fused
+            else:
+                self._ramped(ramped, group)
+        return loss
+
+    def _adamw(self, params: list[torch.Tensor], group: dict, foreach: bool | None, fused: bool | None) -> None:
+        if not params:
+            return
+        states = [self.state[p] for p in params]
+        beta1, beta2 = group["betas"]
+        _torch_adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                     [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], foreach=foreach,
+                     fused=fused, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                     weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
+
+    def _ramped(self, params: list[torch.Tensor], group: dict) -> None:
+        if not params:
+            return
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = float(group["lr"]), group["eps"], group["weight_decay"]
+        steps = []
+        for param in params:
+            self.state[param]["step"] += 1
+            steps.append(float(self.state[param]["step"]))
+        if self._use_triton(params):
+            self._ramped_triton(params, steps, lr, beta1, beta2, eps, weight_decay)
+            return
+        for param, step in zip(params, steps):
+            s = self.state[param]
+            ramped_adamw_reference(param, param.grad, s["exp_avg"], s["exp_avg_sq"], s["grad_accum"],
+                                   s["accum_count"], s["update_period"], step=step, lr=lr, beta1=beta1,
+                                   beta2=beta2, eps=eps, weight_decay=weight_decay)
+
+    def _use_triton(self, params: list[torch.Tensor]) -> bool:
+        if self.backend == "torch":
+            return False
+        eligible = all(p.dtype == torch.float32 and p.is_contiguous() and p.device == params[0].device
+                       and (p.is_cuda or triton_interpreted()) for p in params)
+        if self.backend == "triton" and not eligible:
+            raise RuntimeError("backend='triton' needs contiguous fp32 parameters on one CUDA device (or "
+                               "TRITON_INTERPRET=1 on the CPU)")
+        return eligible and (self.backend == "triton" or params[0].is_cuda)
+
+    def _ramped_triton(self, params: list[torch.Tensor], steps: list[float], lr: float, beta1: float, beta2: float,
+                       eps: float, weight_decay: float) -> None:
+        from .ramping_kernel import BlockTables, ramped_adamw_
+
+        arrays, scalars = [], []
+        for param, step in zip(params, steps):
+            s = self.state[param]
+            arrays.append([param, param.grad.float().contiguous(), s["exp_avg"], s["exp_avg_sq"], s["grad_accum"],
+                           s["accum_count"], s["update_period"]])
+            scalars.append([1 - lr * weight_decay, lr / (1 - beta1**step), (1 - beta2**step) ** 0.5, 1 - beta1,
+                            beta2, 1 - beta2, eps])
+        key = (params[0].device, tuple(p.numel() for p in params))
+        if key not in self._tables:
+            self._tables[key] = BlockTables(key[1], key[0])
+        ramped_adamw_(arrays, scalars, self._tables[key])
+
+    # -- state dict -----------------------------------------------------------------------------------------------
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """As torch's, then undo its casts of the ramping state: periods and counts stay int32, and the step counter
+        of a parameter with periods stays on the host."""
+        super().load_state_dict(state_dict)
+        for param, state in self.state.items():
+            if "update_period" in state:
+                state["step"] = state["step"].cpu()
+                for key in ("update_period", "accum_count"):
+                    state[key] = state[key].to(device=param.device, dtype=PERIOD_DTYPE)
+                state["grad_accum"] = state["grad_accum"].to(device=param.device, dtype=torch.float32)
+
+
+def update_periods_from_ratio(ratio: torch.Tensor, k1: float, k2: int, max_period: int) -> torch.Tensor:
+    """p = k2 * floor(R_w / k1) + 1, capped at ``max_period`` (int32)."""
+    return (k2 * torch.floor(ratio / k1) + 1).clamp(max=max_period).to(PERIOD_DTYPE)
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state_dict: dict) -> object: ...
+
+
+class _Snapshot:
+    """Copies (in memory, on the objects' own devices) of state dicts and of every random generator's state."""
+
+    def __init__(self, objects: Sequence[Stateful]) -> None:
+        self.objects = list(objects)
+        self.states = [copy.deepcopy(obj.state_dict()) for obj in self.objects]
+        self.rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                    torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+    def restore(self) -> None:
+        for obj, state in zip(self.objects, self.states):
+            obj.load_state_dict(state)
+        python, numpy_state, torch_state, cuda_state = self.rng
+        random.setstate(python)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_state is not None:
+            torch.cuda.set_rng_state_all(cuda_state)
+
+
+class QRampingCalibrator:
+    """Q-Ramping's calibration: measure R_w over T0 plain-AdamW steps, restore everything, set the update periods.
+
+    ``model``: the training model unwrapped from DDP (its QLinears with a weight quantizer are measured);
+    ``steps_per_epoch``: caps the periods and is the default interval; ``config``: k1, k2, T0 (``calib_steps``)
+    and the interval (default: the first QLinear's ``recipe.qramping``); ``amp_dtype``: the autocast dtype of the
+    forward (its weight quantizer sees W in that dtype).
+
+    Example, in the training loop (``train_step`` = forward, backward, clip, ``scaler.step(optimizer)``,
+    ``scaler.update()`` on a batch; no model-EMA update, no logging)::
+
+        calibrator = QRampingCalibrator(model, optimizer, steps_per_epoch=len(loader), amp_dtype=torch.bfloat16)
+        for step, (x, y) in enumerate(batches, start=first_step):
+            if calibrator.due(step):
+                record = calibrator.calibrate(lambda i: train_step(x, y), restore=[scaler])
+                logger.write(record)
+            train_step(x, y)
+    """
+
+    def __init__(self, model: nn.Module, optimizer: QRampingAdamW, steps_per_epoch: int,
+                 config: QRampingConfig | None = None, *, amp_dtype: torch.dtype | None = None) -> None:
+        if not isinstance(optimizer, QRampingAdamW):
+            raise TypeError(f"Q-Ramping needs a QRampingAdamW optimizer, got {type(optimizer).__name__}")
+        if steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+        self.layers = [m for m in model.modules() if isinstance(m, QLinear) and m.recipe.q2 is not None]
+        if not self.layers:
+            raise ValueError(f"{type(model).__name__} has no QLinear with a weight quantizer to calibrate")
+        self.config = config or self.layers[0].recipe.qramping or QRampingConfig()
+        self.model, self.optimizer = model, optimizer
+        self.steps_per_epoch, self.amp_dtype = steps_per_epoch, amp_dtype
+        self.interval = self.config.interval or steps_per_epoch
+
+    def due(self, step: int) -> bool:
+        """Whether global step ``step`` (0-based) starts a calibration period."""
+        return step % self.interval == 0
+
+    def calibrate(self, train_step: Callable[[int], object], restore: Sequence[Stateful] = ()) -> dict:
+        """Run ``train_step(i)`` for i < T0 under plain AdamW, measuring R_w; restore model, optimizer, the objects
+        in ``restore`` (grad scaler, model EMA, ...) and the random generators; set the periods. Returns a record
+        for the run log: seconds taken, the share of oscillating weights (R_w > 16) and of weights with a period
+        above 1, the mean and largest period."""
+        cuda = self.layers[0].weight.is_cuda
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        snapshot = _Snapshot([self.model, self.optimizer, *restore])
+        tracker = OscillationRatio()
+        tracker.update(*self._observe())
+        with self.optimizer.plain_adamw():
+            for i in range(self.config.calib_steps):
+                train_step(i)
+                tracker.update(*self._observe())
+        snapshot.restore()
+        cap = self.steps_per_epoch
+        periods = {layer.weight: update_periods_from_ratio(r, self.config.k1, self.config.k2, cap)
+                   for layer, r in zip(self.layers, tracker.ratios())}
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            for period in periods.values():  # every rank must use rank 0's periods, whatever its numerics did
+                dist.broadcast(period, src=0)
+        self.optimizer.set_update_periods(periods)
+        all_periods = torch.cat([p.flatten() for p in periods.values()])
+        oscillating = sum(int((r > OSCILLATING_RATIO).sum()) for r in tracker.ratios())
+        if cuda:
+            torch.cuda.synchronize()
+        return {"type": "qramping", "seconds": time.perf_counter() - start,
+                "oscillating_share": oscillating / all_periods.numel(),
+                "ramped_share": float((all_periods > 1).float().mean()),
+                "mean_period": float(all_periods.float().mean()), "max_period": int(all_periods.max())}
+
+    def _observe(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return [m.weight for m in self.layers], [m.quantized_weight(self.amp_dtype) for m in self.layers]
