@@ -12,8 +12,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .distributed import DistContext, all_reduce_sum
-from .logger import RunLogger
+from training.distributed import DistContext, all_reduce_sum
+from training.logger import RunLogger
 
 MIB = 2**20
 

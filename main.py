@@ -21,6 +21,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 import engine
+import training
 from configs import RunConfig, load_config, method_label, resolve_recipe, save_config
 from datasets import build_datasets, build_loaders, build_mixup, mix_seed
 from models import build_model
@@ -93,11 +94,11 @@ def resolve_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:
 class Trainer:
     """Everything a run holds between epochs, with the checkpoint that captures and restores all of it."""
 
-    def __init__(self, config: RunConfig, ctx: engine.DistContext) -> None:
+    def __init__(self, config: RunConfig, ctx: training.DistContext) -> None:
         self.config, self.ctx = config, ctx
         self.output_dir = Path(config.output_dir)
         recipe = resolve_recipe(config.method)
-        engine.seed_everything(config.train.seed)  # same on every rank: identical initial weights
+        training.seed_everything(config.train.seed)  # same on every rank: identical initial weights
         self.data = build_datasets(config.data, config.aug, config.model.img_size, config.model.in_chans)
         self.mixup = build_mixup(config.aug, self.data.num_classes)
         check_batches(config, len(self.data.train), ctx.world_size, self.mixup is not None)
@@ -106,12 +107,12 @@ class Trainer:
         self.model_ema = ModelEmaV3(self.model, decay=config.train.model_ema_decay) if config.train.model_ema \
             else None
         self.global_batch = config.data.batch_size * ctx.world_size
-        self.lr = engine.scaled_lr(config.optim.lr, self.global_batch)
-        self.optimizer = engine.build_optimizer(self.model, config.optim, self.lr)
-        self.scheduler = engine.build_scheduler(self.optimizer, config.optim, config.train.epochs)
+        self.lr = training.scaled_lr(config.optim.lr, self.global_batch)
+        self.optimizer = training.build_optimizer(self.model, config.optim, self.lr)
+        self.scheduler = training.build_scheduler(self.optimizer, config.optim, config.train.epochs)
         self.amp_dtype = AMP_DTYPES[config.train.amp]
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.train.amp == "fp16")
-        self.criterion = engine.build_criterion(config.aug, self.mixup is not None)
+        self.criterion = training.build_criterion(config.aug, self.mixup is not None)
         self.train_model = self.model
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -127,7 +128,7 @@ class Trainer:
                 "model": self.model.state_dict(),  # QLinear quantizer state (Q-EMA buffers) included
                 "model_ema": self.model_ema.state_dict() if self.model_ema is not None else None,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": engine.gather_objects(engine.rng_state())}
+                "scaler": self.scaler.state_dict(), "rng": training.gather_objects(training.rng_state())}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -141,19 +142,19 @@ class Trainer:
         self.saved_epoch, self.best_acc1 = state["epoch"], state["best_acc1"]
         self.start_epoch = self.saved_epoch + 1
         if len(state["rng"]) == self.ctx.world_size:
-            engine.set_rng_state(state["rng"][self.ctx.rank])
+            training.set_rng_state(state["rng"][self.ctx.rank])
         else:
             log.warning("checkpoint written by %d processes, resumed by %d: random streams start afresh",
                         len(state["rng"]), self.ctx.world_size)
-            engine.seed_everything(mix_seed(self.config.train.seed, self.start_epoch, self.ctx.rank))
+            training.seed_everything(mix_seed(self.config.train.seed, self.start_epoch, self.ctx.rank))
 
     def save(self, epoch: int, is_best: bool) -> None:
         state = self.state_dict(epoch)  # collective: every rank takes part
         if self.ctx.is_main:
-            engine.save_atomic(state, self.output_dir / LAST)
+            training.save_atomic(state, self.output_dir / LAST)
             if is_best:
-                engine.save_atomic(state, self.output_dir / BEST)
-        engine.barrier()
+                training.save_atomic(state, self.output_dir / BEST)
+        training.barrier()
         self.saved_epoch = epoch
 
     def run_info(self) -> dict:
@@ -174,7 +175,7 @@ class Trainer:
     def evaluate(self, model: nn.Module) -> dict:
         return engine.evaluate(model, self.loaders.val, self.ctx, self.amp_dtype, self.data.num_classes)
 
-    def train_epoch(self, epoch: int, logger: engine.RunLogger) -> dict:
+    def train_epoch(self, epoch: int, logger: training.RunLogger) -> dict:
         """Train one epoch, evaluate the model (and its EMA), log and checkpoint; returns the epoch's record."""
         self.loaders.set_epoch(epoch)
         self.scheduler.step(epoch)
@@ -216,7 +217,7 @@ def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Opti
     Raises engine.NonFiniteLossError, with the state of the last good checkpoint in its message, if the loss
     becomes NaN/Inf.
     """
-    ctx = engine.init_distributed(config.train.device)
+    ctx = training.init_distributed(config.train.device)
     output_dir = Path(config.output_dir)
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -224,14 +225,14 @@ def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Opti
     trainer = Trainer(config, ctx)
     checkpoint = resolve_resume(resume, output_dir)
     if checkpoint is not None:
-        trainer.load_state_dict(engine.load(checkpoint))
+        trainer.load_state_dict(training.load(checkpoint))
         log.info("resumed from %s at epoch %d", checkpoint, trainer.start_epoch + 1)
     else:
         if (output_dir / LAST).is_file():
             log.warning("%s already holds %s: this run starts afresh and replaces it (--resume auto continues it)",
                         output_dir, LAST)
-        engine.seed_everything(config.train.seed + ctx.rank)
-    logger = engine.RunLogger(output_dir, ctx.is_main, append=checkpoint is not None)
+        training.seed_everything(config.train.seed + ctx.rank)
+    logger = training.RunLogger(output_dir, ctx.is_main, append=checkpoint is not None)
     info = trainer.run_info()
     logger.write(info)
     log.info("%s", json.dumps(info))
@@ -250,14 +251,14 @@ def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Opti
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     config = config_from_args(args)
-    engine.setup_console(is_main=os.environ.get("RANK", "0") == "0")
+    training.setup_console(is_main=os.environ.get("RANK", "0") == "0")
     try:
         record = run(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
     except engine.NonFiniteLossError as error:
         log.error("%s", error)
         return 1
     finally:
-        engine.cleanup()
+        training.cleanup()
     if record:
         log.info("final top-1 %.2f (best %.2f) after epoch %d; logs and checkpoints in %s", record["test_acc1"],
                  record["best_acc1"], record["epoch"] + 1, config.output_dir)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from engine.logger import read_log  # noqa: E402
+from training.logger import read_log  # noqa: E402
 
 
 def summarize(run_dir: Path) -> dict:

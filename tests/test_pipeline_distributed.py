@@ -14,9 +14,9 @@ import sys
 
 import torch
 
-import engine
+import training
 import main
-from engine import read_log
+from training import read_log
 
 from pipeline_helpers import REPO, TINY, tiny_config
 
@@ -52,7 +52,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(tmp_pat
         assert abs(a["test_loss"] - b["test_loss"]) <= 1e-4 * abs(b["test_loss"]), (a, b)
         assert abs(a["test_acc1"] - b["test_acc1"]) <= 100 / 128 + 1e-9  # at most one of 128 images flips
         assert a["lr"] == b["lr"]
-    ddp, one = engine.load(tmp_path / "ddp" / "checkpoint_last.pth"), engine.load(tmp_path / "single" /
+    ddp, one = training.load(tmp_path / "ddp" / "checkpoint_last.pth"), training.load(tmp_path / "single" /
                                                                                   "checkpoint_last.pth")
     assert len(ddp["rng"]) == 2
     for key in ("model", "model_ema"):

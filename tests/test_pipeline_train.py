@@ -9,8 +9,9 @@ import torch
 import yaml
 
 import engine
+import training
 import main
-from engine import read_log
+from training import read_log
 from quantization import get_recipe
 
 from pipeline_helpers import REPO, assert_states_equal, tiny_config
@@ -22,7 +23,7 @@ FULL_RECIPE = ["aug.no_aug=false", "aug.auto_augment=rand-m9-mstd0.5-inc1", "aug
 
 
 def _checkpoint(run_dir, name="checkpoint_last.pth"):
-    return engine.load(run_dir / name)
+    return training.load(run_dir / name)
 
 
 def test_tetrajet_run_on_fashion_mnist_idx_files(tmp_path):
@@ -82,7 +83,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     def nan_loss(output, target):
         return output.sum() * float("nan")
 
-    monkeypatch.setattr(engine, "build_criterion", lambda aug, mixup_active: nan_loss)
+    monkeypatch.setattr(training, "build_criterion", lambda aug, mixup_active: nan_loss)
     with pytest.raises(engine.NonFiniteLossError, match=r"training loss is nan at epoch 1, step 8.*last good "
                                                         r"checkpoint, .*checkpoint_last.pth \(after epoch 1\)"):
         main.run(config, resume="auto")
@@ -91,7 +92,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
 
 
 def test_cli_reports_nan_and_exits_nonzero(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engine, "build_criterion", lambda aug, mixup_active: lambda o, t: o.sum() / 0.0)
+    monkeypatch.setattr(training, "build_criterion", lambda aug, mixup_active: lambda o, t: o.sum() / 0.0)
     args = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config",
             str(REPO / "configs" / "methods" / "bf16.yaml"), "--output", str(tmp_path / "run")]
     for override in ("model.patch_size=7", "model.timm_kwargs={depth: 1, embed_dim: 32, num_heads: 1}",

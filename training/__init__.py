@@ -1,11 +1,10 @@
-"""The training engine: epoch loops, distribution, checkpoints, logging, optimizer and schedule."""
+"""Training support for main.py and engine.py: distribution, checkpoints, logging, optimizer and schedule."""
 from .checkpoint import load, rng_state, save_atomic, seed_everything, set_rng_state
 from .distributed import DistContext, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
 from .logger import RunLogger, read_log, setup_console
-from .loops import NonFiniteLossError, evaluate, train_one_epoch
 from .optim import OPTIMIZERS, build_criterion, build_optimizer, build_scheduler, scaled_lr
 
-__all__ = ["DistContext", "NonFiniteLossError", "OPTIMIZERS", "RunLogger", "all_reduce_sum", "barrier",
-           "build_criterion", "build_optimizer", "build_scheduler", "cleanup", "evaluate", "gather_objects",
+__all__ = ["DistContext", "OPTIMIZERS", "RunLogger", "all_reduce_sum", "barrier",
+           "build_criterion", "build_optimizer", "build_scheduler", "cleanup", "gather_objects",
            "init_distributed", "load", "read_log", "rng_state", "save_atomic", "scaled_lr", "seed_everything",
-           "set_rng_state", "setup_console", "train_one_epoch"]
+           "set_rng_state", "setup_console"]
