@@ -1,0 +1,44 @@
+"""Oscillation dampening (Nagel et al. 2022), the Dampen baseline of PAPER.md Tables 3 and 4, for MX weights.
+
+L_dampen = sum over the quantized weights of (sg(Q2(W)) - clip(W, -max * S, max * S))^2: a pull of each latent weight
+toward the grid point the forward uses (sg = stop-gradient; S = the weight's block scale, max = the format's largest
+value, so with the TetraJet scale rule nothing is clipped). Summed as in Nagel's default "sum" aggregation; the
+training loss becomes task loss + lambda * L_dampen with lambda cosine-annealed (the recipe's ``dampen`` config,
+Nagel's default 0 -> 0.1).
+
+Usage, once per training step (inside autocast is fine; the loss is computed in fp32)::
+
+    lam = recipe.dampen.weight_at(step / total_steps)
+    loss = criterion(model(x), y) + dampen_loss(model, lam, dtype=torch.bfloat16)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .formats import get_format
+from .grid import block_scales
+from .linear import QLinear
+
+
+def dampened_layers(model: nn.Module) -> list[QLinear]:
+    """The QLinears of ``model`` whose recipe sets ``dampen``."""
+    return [m for m in model.modules() if isinstance(m, QLinear) and m.recipe.dampen is not None]
+
+
+def dampen_loss(model: nn.Module, weight: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``weight`` * L_dampen over the QLinears of ``model`` whose recipe sets ``dampen`` (a 0-dim fp32 tensor with
+    gradients into the weights). ``dtype``: what the forward quantizes (the autocast dtype; None: the weight's own).
+    Raises ValueError if no layer uses Dampen."""
+    layers = dampened_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no QLinear whose recipe sets 'dampen' (e.g. tetrajet_dampen)")
+    total = torch.zeros((), dtype=torch.float32, device=layers[0].weight.device)
+    with torch.autocast(total.device.type, enabled=False):
+        for layer in layers:
+            target = layer.quantized_weight(dtype).float()
+            seen = layer.weight if dtype is None else layer.weight.to(dtype)
+            bound = get_format(layer.recipe.q2.fmt).max_value * block_scales(seen, layer.recipe.q2)
+            clipped = torch.minimum(torch.maximum(seen.float(), -bound), bound)
+            total = total + (target - clipped).square().sum()
+    return weight * total
