@@ -1,5 +1,6 @@
 """MXFP4 simulated quantization for training: formats, exact reference quantizers, Triton kernels, the six-quantizer
-Linear and named recipes. Standalone: imports nothing from the training code."""
+Linear and named recipes, plus the paper's oscillation tools (Q-EMA, Q-Ramping, metrics, Dampen/Freeze baselines).
+Standalone: imports nothing from the training code."""
 from .formats import FORMATS, LAYOUTS, ROUNDINGS, SCALE_RULES, ElementFormat, get_format
 from .ops import MXTensor, dequantize, quantize, quantize_packed
 
@@ -11,3 +12,12 @@ from .linear import MXLinearFunction, QLinear
 from .recipes import RECIPES, ROLES, QuantizerConfig, Recipe, get_recipe
 
 __all__ += ["MXLinearFunction", "QLinear", "RECIPES", "ROLES", "QuantizerConfig", "Recipe", "get_recipe"]
+from .dampen import dampen_loss
+from .ema import attach_qema
+from .freeze import attach_freeze
+from .oscillation import OscillationMonitor, OscillationRatio, RateOfChange, quant_conf
+from .ramping import QRampingAdamW, QRampingCalibrator
+from .recipes import DampenConfig, FreezeConfig, QRampingConfig
+
+__all__ += ["dampen_loss", "attach_qema", "attach_freeze", "OscillationMonitor", "OscillationRatio", "RateOfChange",
+            "quant_conf", "QRampingAdamW", "QRampingCalibrator", "DampenConfig", "FreezeConfig", "QRampingConfig"]
