@@ -140,7 +140,7 @@ class OscillationMonitor:
                                      block="blocks.9", amp_dtype=torch.bfloat16)
         for step ...:
             ...optimizer step...
-            monitor.after_step(step, epoch=epoch)
+            monitor.after_step(step, epoch=step / steps_per_epoch)
     """
 
     def __init__(self, model: nn.Module, interval: int, *, window: int = 30,
@@ -164,8 +164,9 @@ class OscillationMonitor:
         self._start: int | None = None
         self._trace_index: torch.Tensor | None = None
 
-    def after_step(self, step: int, epoch: int | None = None) -> dict | None:
-        """Observe the model after optimizer step ``step``; returns (and writes) the record at a window's end."""
+    def after_step(self, step: int, epoch: float | None = None) -> dict | None:
+        """Observe the model after optimizer step ``step``; returns (and writes) the record at a window's end.
+        ``epoch`` (e.g. the fractional epoch step / steps_per_epoch) goes into the record for plotting."""
         if self._start is None:
             if step % self.interval:
                 return None
@@ -204,6 +205,11 @@ class OscillationMonitor:
         self._trace_v.append((layer.weight.detach().flatten()[index].float() / scale).tolist())
         self._trace_q.append((quantized[layers.index(layer)].flatten()[index].float() / scale).tolist())
 
+    def _thresholds(self) -> list[float]:
+        """The positive rounding thresholds of the trace layer's grid, in units of the block scale."""
+        grid = get_format(_quantizer(self.layers[self.trace_layer]).fmt).grid()
+        return [(low + high) / 2 for low, high in zip(grid, grid[1:])]
+
     def _probe_output(self) -> torch.Tensor:
         captured = []
         handle = self.model.get_submodule(self.block).register_forward_hook(lambda m, i, o: captured.append(o))
@@ -218,7 +224,7 @@ class OscillationMonitor:
             self.model.train(was_training)
         return captured[0].float()
 
-    def _finish(self, step: int, epoch: int | None) -> dict:
+    def _finish(self, step: int, epoch: float | None) -> dict:
         names = list(self.layers)
         ratios = self._ratio.ratios()
         all_ratios = torch.cat([r.flatten() for r in ratios])
@@ -229,6 +235,7 @@ class OscillationMonitor:
                   "osc_hist": {"edges": RATIO_EDGES[:-1] + ["inf"], "counts": histogram(all_ratios, RATIO_EDGES)},
                   "quantconf_mean": float(confs.mean()),
                   "quantconf_hist": {"edges": CONF_EDGES, "counts": histogram(confs, CONF_EDGES)},
+                  "thresholds": self._thresholds(),
                   "traces": [{"layer": self.trace_layer, "index": int(i), "v": [row[k] for row in self._trace_v],
                               "q": [row[k] for row in self._trace_q]}
                              for k, i in enumerate(self._trace_index.tolist())]}

@@ -82,7 +82,7 @@ def _run(monitor, model, optimizer, steps):
         optimizer.step()
         snapshots.append([copy.deepcopy(model.blocks[0].weight.detach()), copy.deepcopy(model.blocks[2].weight.detach())])
         if monitor is not None:
-            record = monitor.after_step(step, epoch=step // 10)
+            record = monitor.after_step(step, epoch=step / 10)
             if record is not None:
                 records.append(record)
     return records, snapshots
@@ -109,7 +109,8 @@ def test_monitor_logs_windows_and_leaves_training_unchanged():
     expected = RateOfChange()
     for weights in snapshots[0:5]:
         expected.update(weights)
-    assert record["r_w"] == pytest.approx(expected.value) and record["epoch"] == 0
+    assert record["r_w"] == pytest.approx(expected.value) and record["epoch"] == 0.4
+    assert record["thresholds"] == [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]
     assert 0 < record["r_q"] and 0 < record["r_y"] and 0 <= record["osc_share"] <= 1
     assert sum(record["osc_hist"]["counts"]) == sum(w.numel() for w in snapshots[0])
     assert sum(record["quantconf_hist"]["counts"]) == sum(w.numel() for w in snapshots[0])
@@ -132,3 +133,33 @@ def test_monitor_arguments():
         OscillationMonitor(model, interval=10, window=2, probe=torch.randn(2, 16))
     with pytest.raises(ValueError, match="unknown trace_layer 'head'; valid choices: blocks.0, blocks.2"):
         OscillationMonitor(model, interval=10, window=2, trace_layer="head")
+
+
+def test_plot_script_makes_the_four_figures(tmp_path):
+    pytest.importorskip("matplotlib")
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("plot_oscillation", "scripts/plot_oscillation.py")
+    plot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot)
+    runs = []
+    for method in ("bf16", "tetrajet"):
+        torch.manual_seed(0)
+        model = _Net()
+        for i in (0, 2):
+            model.blocks[i] = QLinear.from_linear(model.blocks[i], method)
+        run = tmp_path / method
+        run.mkdir()
+        lines = [{"type": "run", "method": method}]
+        monitor = OscillationMonitor(model, interval=6, window=3, write=lines.append, probe=torch.randn(4, 16),
+                                     block="blocks.2")
+        _run(monitor, model, torch.optim.SGD(model.parameters(), lr=0.2), 16)
+        run.joinpath("log.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+        runs.append(str(run))
+    written = plot.main([*runs, "--out", str(tmp_path / "figures")])
+    assert [p.name for p in written] == ["fig2_rate_of_change.png", "fig3_oscillating_weights.png",
+                                         "fig5_quantconf.png", "fig6_oscillating_share.png"]
+    assert all(p.stat().st_size > 10_000 for p in written)
+    with pytest.raises(ValueError, match="no oscillation window ends at step 5; windows end at"):
+        plot.main([*runs, "--out", str(tmp_path / "figures"), "--step", "5"])
