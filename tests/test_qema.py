@@ -173,3 +173,24 @@ def test_errors():
         attach_qema(model, torch.optim.SGD(model.parameters(), lr=0.1), beta=1.5)
     with pytest.raises(ValueError, match="qema_beta must be in"):
         get_recipe("tetrajet_qema").replace(qema_beta=1.0)
+
+
+TABLE8_BETA = {"deit_tiny": 0.9983, "deit_small": 0.9972, "deit_base": 0.999, "swin_tiny": 0.9975, "swin_small": 0.998}
+TABLE8_K2 = {"deit_tiny": 5, "deit_small": 5, "deit_base": 5, "swin_tiny": 3, "swin_small": 4}
+
+
+def test_method_configs_resolve_to_the_paper_settings():
+    from configs import load_config, resolve_recipe
+
+    def recipe(path, *overrides):
+        return resolve_recipe(load_config([f"configs/methods/{path}.yaml"], overrides).method)
+
+    for name in ("tetrajet_qema", "tetrajet_qramping", "tetrajet_dampen", "tetrajet_freeze"):
+        assert recipe(name) == get_recipe(name)
+    for model, beta in TABLE8_BETA.items():
+        assert recipe(f"tuned/tetrajet_qema_{model}") == get_recipe("tetrajet_qema").replace(qema_beta=beta)
+    for model, k2 in TABLE8_K2.items():
+        assert recipe(f"tuned/tetrajet_qramping_{model}").qramping.k2 == k2
+    assert recipe("tetrajet_qema", "method.recipe.qema_beta=0.993").qema_beta == 0.993  # Table 9 sweep
+    swept = recipe("tetrajet_qramping", "method.recipe.qramping.k1=8", "method.recipe.qramping.k2=3")
+    assert (swept.qramping.k1, swept.qramping.k2, swept.qramping.calib_steps) == (8, 3, 30)  # Table 10 sweep
