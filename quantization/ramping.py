@@ -192,10 +192,9 @@ class QRampingAdamW(torch.optim.Optimizer):
             return
         beta1, beta2 = group["betas"]
         lr, eps, weight_decay = float(group["lr"]), group["eps"], group["weight_decay"]
-        steps = []
-        for param in params:
-            self.state[param]["step"] += 1
-            steps.append(float(self.state[param]["step"]))
+        counters = [self.state[p]["step"] for p in params]  # host tensors: no device sync
+        torch._foreach_add_(counters, 1)
+        steps = torch.stack(counters).tolist()
         if self._use_triton(params):
             self._ramped_triton(params, steps, lr, beta1, beta2, eps, weight_decay)
             return
