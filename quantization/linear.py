@@ -108,7 +108,7 @@ class QLinear(nn.Linear):
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
             self._qema_active = False
         # Nagel et al. 2022 iterative freezing: per-weight tracking state (quantization.freeze), saved with the model.
-        self.freeze_state = FreezeState(self.weight.shape, self.weight.device) if self.recipe.freeze else None
+        self.freeze_state = FreezeState(self.weight.shape, self.weight.device) if self.recipe.freeze is not None else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe: "str | Recipe") -> "QLinear":
@@ -131,7 +131,7 @@ class QLinear(nn.Linear):
     def update_weight_ema(self, beta: float) -> None:
         """W_ema <- beta W_ema + (1 - beta) W; Q-EMA rounding switches on after 10 updates (PAPER.md).
 
-        quantization.ema.attach_qema calls this (batched over all layers) after every optimizer step.
+        quantization.ema.attach_qema performs this same update, batched over all layers, after every optimizer step.
         """
         if not self.uses_qema:
             raise RuntimeError(f"recipe {self.recipe.name!r} does not use Q-EMA (q2 rounding is not 'ema')")
