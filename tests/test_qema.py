@@ -72,7 +72,6 @@ def test_hook_updates_the_ema_buffer_after_every_step_and_warms_up():
     handle = attach_qema(model, optimizer)
     layers = qema_layers(model)
     expected = [m.weight.detach().clone() for m in layers]
-    x = torch.randn(8, 64)
     for step in range(QEMA_WARMUP_UPDATES + 2):
         active = step >= QEMA_WARMUP_UPDATES
         assert all(m.qema_active() == active for m in layers)
