@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from timm.data import Mixup
@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from quantization import QRampingCalibrator
 from training.distributed import DistContext, all_reduce_sum
 from training.logger import RunLogger
 
@@ -33,11 +34,15 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, ctx: DistContext, epoch: int, *, amp_dtype: Optional[torch.dtype],
                     mixup: Optional[Mixup], model_ema: Optional[ModelEmaV3], clip_grad: Optional[float],
-                    logger: RunLogger, log_interval: int, first_step: int) -> dict:
+                    logger: RunLogger, log_interval: int, first_step: int,
+                    extra_loss: Optional[Callable[[int], torch.Tensor]] = None,
+                    calibrator: Optional[QRampingCalibrator] = None) -> dict:
     """Train over ``loader`` once; returns the epoch's mean loss, lr, global images/s and peak GPU memory.
 
     The loss is averaged over ranks before the backward pass; a non-finite value raises NonFiniteLossError on every
-    rank at the same step, before any weight changes.
+    rank at the same step, before any weight changes. ``extra_loss(step)`` is added to the loss (e.g. Dampen's
+    regularizer). ``calibrator`` (Q-Ramping) calibrates before each step it says is due, on that step's batch, and
+    restores everything afterwards; gradients are clipped before Q-Ramping accumulates them.
     """
     model.train()
     device = ctx.device
@@ -47,15 +52,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     loss_sum, steps, images = 0.0, 0, 0
     start = time.perf_counter()
     progress = _progress(loader, ctx, f"epoch {epoch}")
-    for samples, targets in progress:
-        samples = samples.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if mixup is not None:
-            samples, targets = mixup(samples, targets)
+
+    def train_step(samples: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = criterion(model(samples), targets)
+        if extra_loss is not None:
+            loss = loss + extra_loss(step)
         loss_value = all_reduce_sum(loss.detach().float()).item() / ctx.world_size
-        step = first_step + steps
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, step {step} (lr {lr:.3g})")
         optimizer.zero_grad(set_to_none=True)
@@ -65,6 +68,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         scaler.step(optimizer)
         scaler.update()
+        return loss_value
+
+    for samples, targets in progress:
+        samples = samples.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup is not None:
+            samples, targets = mixup(samples, targets)
+        step = first_step + steps
+        if calibrator is not None and calibrator.due(step):
+            record = calibrator.calibrate(lambda i: train_step(samples, targets, step), restore=[scaler])
+            logger.write({**record, "step": step, "epoch": epoch})
+        loss_value = train_step(samples, targets, step)
         if model_ema is not None:
             model_ema.update(_unwrap(model))
         loss_sum += loss_value

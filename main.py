@@ -25,7 +25,7 @@ import training
 from configs import RunConfig, load_config, method_label, resolve_recipe, save_config
 from datasets import build_datasets, build_loaders, build_mixup, mix_seed
 from models import build_model
-from quantization import QLinear
+from quantization import QLinear, QRampingCalibrator, attach_freeze, attach_qema, dampen_loss
 
 log = logging.getLogger("tetrajet")
 
@@ -97,7 +97,7 @@ class Trainer:
     def __init__(self, config: RunConfig, ctx: training.DistContext) -> None:
         self.config, self.ctx = config, ctx
         self.output_dir = Path(config.output_dir)
-        recipe = resolve_recipe(config.method)
+        self.recipe = recipe = resolve_recipe(config.method)
         training.seed_everything(config.train.seed)  # same on every rank: identical initial weights
         self.data = build_datasets(config.data, config.aug, config.model.img_size, config.model.in_chans)
         self.mixup = build_mixup(config.aug, self.data.num_classes)
@@ -108,7 +108,8 @@ class Trainer:
             else None
         self.global_batch = config.data.batch_size * ctx.world_size
         self.lr = training.scaled_lr(config.optim.lr, self.global_batch)
-        self.optimizer = training.build_optimizer(self.model, config.optim, self.lr)
+        self.optimizer = training.build_optimizer(self.model, config.optim, self.lr,
+                                                  ramping=recipe.qramping is not None)
         self.scheduler = training.build_scheduler(self.optimizer, config.optim, config.train.epochs)
         self.amp_dtype = AMP_DTYPES[config.train.amp]
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.train.amp == "fp16")
@@ -116,9 +117,19 @@ class Trainer:
         self.train_model = self.model
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            # Quantizer buffers (Q-EMA, Freeze) are updated identically on every rank: no need to broadcast them.
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
+                                                                   broadcast_buffers=False)
         self.loaders = build_loaders(self.data, config.data, config.aug.repeated_aug, config.train.seed, ctx.rank,
                                      ctx.world_size)
+        self.total_steps = config.train.epochs * len(self.loaders.train)
+        # Optimizer-step hooks of the oscillation-reducing methods; their state lives in the model's buffers.
+        if recipe.uses_qema:
+            attach_qema(self.model, self.optimizer)
+        if recipe.freeze is not None:
+            attach_freeze(self.model, self.optimizer, self.total_steps, dtype=self.amp_dtype)
+        self.calibrator = (QRampingCalibrator(self.model, self.optimizer, len(self.loaders.train),
+                                              amp_dtype=self.amp_dtype) if recipe.qramping is not None else None)
         self.start_epoch, self.best_acc1 = 0, float("-inf")  # the first evaluation is always the best yet
         self.saved_epoch: Optional[int] = None
 
@@ -172,6 +183,11 @@ class Trainer:
         return (f"the last good checkpoint, {self.output_dir / LAST} (after epoch {self.saved_epoch + 1}), is left "
                 f"as it was; resume from it with a lower optim.lr, with optim.clip_grad, or with train.amp=fp32")
 
+    def dampen_loss(self, step: int) -> torch.Tensor:
+        """Dampen's regularizer (Nagel et al. 2022) at global ``step``, weighted by the recipe's schedule."""
+        weight = self.recipe.dampen.weight_at(step / self.total_steps)
+        return dampen_loss(self.model, weight, self.amp_dtype)
+
     def evaluate(self, model: nn.Module) -> dict:
         return engine.evaluate(model, self.loaders.val, self.ctx, self.amp_dtype, self.data.num_classes)
 
@@ -184,7 +200,8 @@ class Trainer:
                 self.train_model, self.loaders.train, self.criterion, self.optimizer, self.scaler, self.ctx, epoch,
                 amp_dtype=self.amp_dtype, mixup=self.mixup, model_ema=self.model_ema,
                 clip_grad=self.config.optim.clip_grad, logger=logger, log_interval=self.config.train.log_interval,
-                first_step=epoch * len(self.loaders.train))
+                first_step=epoch * len(self.loaders.train), calibrator=self.calibrator,
+                extra_loss=self.dampen_loss if self.recipe.dampen is not None else None)
         except engine.NonFiniteLossError as error:
             raise engine.NonFiniteLossError(f"{error}; run stopped: {self.stop_note()}") from None
         test = self.evaluate(self.model)

@@ -5,11 +5,12 @@ from typing import Callable
 
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
 
 from configs import AugConfig, OptimConfig, choices_error
+from quantization import QRampingAdamW
 
 REFERENCE_BATCH = 512  # optim.lr is the learning rate for this global batch (DeiT's linear scaling rule)
 
@@ -27,10 +28,23 @@ def _adamw(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimiz
 OPTIMIZERS: dict[str, Callable[[nn.Module, OptimConfig, float], torch.optim.Optimizer]] = {"adamw": _adamw}
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.name`` (see OPTIMIZERS) over ``model``'s parameters at learning rate ``lr``."""
+def _qramping_adamw(model: nn.Module, cfg: OptimConfig, lr: float) -> QRampingAdamW:
+    """AdamW with Q-Ramping's per-element update periods, over the same parameter groups as ``_adamw``."""
+    no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+    groups = param_groups_weight_decay(model, cfg.weight_decay, no_decay)
+    return QRampingAdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, ramping: bool = False) -> torch.optim.Optimizer:
+    """The optimizer named by ``cfg.name`` (see OPTIMIZERS) over ``model``'s parameters at learning rate ``lr``;
+    with ``ramping`` (a Q-Ramping recipe) AdamW becomes QRampingAdamW, which behaves as AdamW until periods are set."""
     if cfg.name not in OPTIMIZERS:
         raise choices_error("optim.name", cfg.name, tuple(OPTIMIZERS))
+    if ramping:
+        if cfg.name != "adamw":
+            raise ValueError(f"optim.name {cfg.name!r} cannot be used with a Q-Ramping recipe: Q-Ramping wraps AdamW "
+                             f"(set optim.name=adamw)")
+        return _qramping_adamw(model, cfg, lr)
     return OPTIMIZERS[cfg.name](model, cfg, lr)
 
 

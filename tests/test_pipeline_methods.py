@@ -1,0 +1,66 @@
+"""The oscillation-reducing methods inside main.py: Q-EMA, Q-Ramping, Dampen and Freeze run, keep their state in the
+checkpoint, and resume exactly."""
+import pytest
+import torch
+
+import main
+import training
+from training import read_log
+
+from pipeline_helpers import assert_states_equal, tiny_config
+
+STEPS_PER_EPOCH = 8  # 256 images, batch 32
+QRAMPING_FAST = "method.recipe.qramping.calib_steps=3"
+
+
+def _run(tmp_path, method, *overrides, **kwargs):
+    config = tiny_config(tmp_path, *overrides, method=method)
+    return config, main.run(config, **kwargs)
+
+
+def test_qema_updates_after_every_optimizer_step(tmp_path):
+    _run(tmp_path / "run", "tetrajet_qema", "train.epochs=2", "train.model_ema=true")
+    state = training.load(tmp_path / "run" / "checkpoint_last.pth")
+    updates = [v for k, v in state["model"].items() if k.endswith("ema_updates")]
+    assert len(updates) == 8 and all(int(u) == 2 * STEPS_PER_EPOCH for u in updates)
+    ema = state["model"]["blocks.0.mlp.fc1.weight_ema"]
+    weight = state["model"]["blocks.0.mlp.fc1.weight"]
+    assert not torch.equal(ema, weight) and (ema - weight).abs().max() < 0.05
+    # timm's model EMA copies the counter (so its copy switches Q-EMA on too) and averages weight_ema like a weight.
+    ema_state = {k.removeprefix("module."): v for k, v in state["model_ema"].items()}
+    assert int(ema_state["blocks.0.mlp.fc1.ema_updates"]) == 2 * STEPS_PER_EPOCH
+    assert not torch.equal(ema_state["blocks.0.mlp.fc1.weight_ema"], ema)
+
+
+def test_qramping_calibrates_each_epoch_and_sets_periods(tmp_path):
+    _run(tmp_path / "run", "tetrajet_qramping", "train.epochs=2", QRAMPING_FAST)
+    records = read_log(tmp_path / "run", "qramping")
+    assert [(r["epoch"], r["step"]) for r in records] == [(0, 0), (1, STEPS_PER_EPOCH)]
+    assert all(1 <= r["max_period"] <= STEPS_PER_EPOCH and r["seconds"] > 0 for r in records)
+
+
+def test_dampen_and_freeze_runs_finish(tmp_path):
+    _, dampened = _run(tmp_path / "dampen", "tetrajet_dampen")
+    _, plain = _run(tmp_path / "plain", "tetrajet")
+    assert dampened["train_loss"] != plain["train_loss"]  # the regularizer is in the loss
+    _, frozen = _run(tmp_path / "freeze", "tetrajet_freeze")
+    assert 0 <= frozen["test_acc1"] <= 100
+
+
+@pytest.mark.parametrize("method,extra", [("tetrajet_qema", []), ("tetrajet_qramping", [QRAMPING_FAST]),
+                                          ("tetrajet_freeze", [])])
+def test_resume_is_exact(tmp_path, method, extra):
+    overrides = ["train.epochs=2", "train.model_ema=true", *extra]
+    _run(tmp_path / "straight", method, *overrides)
+    config = tiny_config(tmp_path / "resumed", *overrides, method=method)
+    main.run(config, stop_after_epochs=1)
+    main.run(config, resume="auto")
+    straight = training.load(tmp_path / "straight" / "checkpoint_last.pth")
+    resumed = training.load(tmp_path / "resumed" / "checkpoint_last.pth")
+    for key in ("model", "model_ema", "optimizer", "rng"):
+        assert_states_equal(straight[key], resumed[key], key)
+
+
+def test_qramping_rejects_other_optimizers(tmp_path):
+    with pytest.raises(ValueError, match="unknown optim.name 'sgd'"):
+        _run(tmp_path / "run", "tetrajet_qramping", "optim.name=sgd")
