@@ -36,13 +36,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
                     mixup: Optional[Mixup], model_ema: Optional[ModelEmaV3], clip_grad: Optional[float],
                     logger: RunLogger, log_interval: int, first_step: int,
                     extra_loss: Optional[Callable[[int], torch.Tensor]] = None,
-                    calibrator: Optional[QRampingCalibrator] = None) -> dict:
+                    calibrator: Optional[QRampingCalibrator] = None,
+                    after_step: Optional[Callable[[int], object]] = None) -> dict:
     """Train over ``loader`` once; returns the epoch's mean loss, lr, global images/s and peak GPU memory.
 
     The loss is averaged over ranks before the backward pass; a non-finite value raises NonFiniteLossError on every
     rank at the same step, before any weight changes. ``extra_loss(step)`` is added to the loss (e.g. Dampen's
     regularizer). ``calibrator`` (Q-Ramping) calibrates before each step it says is due, on that step's batch, and
-    restores everything afterwards; gradients are clipped before Q-Ramping accumulates them.
+    restores everything afterwards; gradients are clipped before Q-Ramping accumulates them. ``after_step(step)``
+    runs after each step (e.g. the oscillation monitor).
     """
     model.train()
     device = ctx.device
@@ -82,6 +84,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         loss_value = train_step(samples, targets, step)
         if model_ema is not None:
             model_ema.update(_unwrap(model))
+        if after_step is not None:
+            after_step(step)
         loss_sum += loss_value
         steps += 1
         images += samples.shape[0] * ctx.world_size

@@ -25,7 +25,7 @@ import training
 from configs import RunConfig, load_config, method_label, resolve_recipe, save_config
 from datasets import build_datasets, build_loaders, build_mixup, mix_seed
 from models import build_model
-from quantization import QLinear, QRampingCalibrator, attach_freeze, attach_qema, dampen_loss
+from quantization import OscillationMonitor, QLinear, QRampingCalibrator, attach_freeze, attach_qema, dampen_loss
 
 log = logging.getLogger("tetrajet")
 
@@ -130,6 +130,7 @@ class Trainer:
             attach_freeze(self.model, self.optimizer, self.total_steps, dtype=self.amp_dtype)
         self.calibrator = (QRampingCalibrator(self.model, self.optimizer, len(self.loaders.train),
                                               amp_dtype=self.amp_dtype) if recipe.qramping is not None else None)
+        self.monitor: Optional[OscillationMonitor] = None
         self.start_epoch, self.best_acc1 = 0, float("-inf")  # the first evaluation is always the best yet
         self.saved_epoch: Optional[int] = None
 
@@ -183,6 +184,20 @@ class Trainer:
         return (f"the last good checkpoint, {self.output_dir / LAST} (after epoch {self.saved_epoch + 1}), is left "
                 f"as it was; resume from it with a lower optim.lr, with optim.clip_grad, or with train.amp=fp32")
 
+    def attach_monitor(self, logger: training.RunLogger) -> None:
+        """Oscillation metrics into the run log (main rank, when train.osc_interval > 0); it draws no random numbers
+        and leaves the model as it was, so training is the same with or without it."""
+        cfg = self.config.train
+        if not (cfg.osc_interval and self.ctx.is_main):
+            return
+        probe = torch.stack([self.data.val[i][0] for i in range(min(cfg.osc_probe, len(self.data.val)))])
+        self.monitor = OscillationMonitor(self.model, cfg.osc_interval, window=cfg.osc_window, write=logger.write,
+                                          tb_writer=logger.tb_writer, probe=probe.to(self.ctx.device),
+                                          block=cfg.osc_block, amp_dtype=self.amp_dtype)
+
+    def observe(self, step: int) -> None:
+        self.monitor.after_step(step, epoch=step / len(self.loaders.train))
+
     def dampen_loss(self, step: int) -> torch.Tensor:
         """Dampen's regularizer (Nagel et al. 2022) at global ``step``, weighted by the recipe's schedule."""
         weight = self.recipe.dampen.weight_at(step / self.total_steps)
@@ -201,7 +216,8 @@ class Trainer:
                 amp_dtype=self.amp_dtype, mixup=self.mixup, model_ema=self.model_ema,
                 clip_grad=self.config.optim.clip_grad, logger=logger, log_interval=self.config.train.log_interval,
                 first_step=epoch * len(self.loaders.train), calibrator=self.calibrator,
-                extra_loss=self.dampen_loss if self.recipe.dampen is not None else None)
+                extra_loss=self.dampen_loss if self.recipe.dampen is not None else None,
+                after_step=self.observe if self.monitor is not None else None)
         except engine.NonFiniteLossError as error:
             raise engine.NonFiniteLossError(f"{error}; run stopped: {self.stop_note()}") from None
         test = self.evaluate(self.model)
@@ -250,6 +266,7 @@ def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Opti
                         output_dir, LAST)
         training.seed_everything(config.train.seed + ctx.rank)
     logger = training.RunLogger(output_dir, ctx.is_main, append=checkpoint is not None)
+    trainer.attach_monitor(logger)
     info = trainer.run_info()
     logger.write(info)
     log.info("%s", json.dumps(info))

@@ -101,6 +101,8 @@ def validate(config: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ValueError(f"{key} must be at least 1, got {value}")
+    if config.train.osc_interval < 0:
+        raise ValueError(f"train.osc_interval must be >= 0 (0: off), got {config.train.osc_interval}")
     if config.data.num_workers < 0:
         raise ValueError(f"data.num_workers must be >= 0, got {config.data.num_workers}")
     for key, value in (("optim.betas", config.optim.betas), ("aug.scale", config.aug.scale)):

@@ -97,6 +97,12 @@ class TrainConfig:
     model_ema: bool = True
     model_ema_decay: float = 0.99996
     log_interval: int = 50  # steps between step records in the logs
+    # Oscillation metrics (quantization.OscillationMonitor; Table 3, Figs. 2, 3, 5, 6): every osc_interval steps
+    # (0 = off) follow osc_window steps; r(Y) of module osc_block on the first osc_probe validation images.
+    osc_interval: int = 0
+    osc_window: int = 30
+    osc_block: str = "blocks.9"
+    osc_probe: int = 32
 
 
 @dataclass

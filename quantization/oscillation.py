@@ -154,6 +154,10 @@ class OscillationMonitor:
             raise ValueError(f"{type(model).__name__} has no QLinear to measure")
         if (probe is None) != (block is None):
             raise ValueError("probe and block go together: give both (to measure r(Y)) or neither")
+        modules = dict(model.named_modules())
+        if block is not None and block not in modules:
+            blocks = [name for name in modules if name.count(".") == 1 and name.startswith("blocks.")]
+            raise ValueError(f"unknown block {block!r}; valid choices include: {', '.join(blocks) or 'none'}")
         self.model, self.interval, self.window = model, interval, window
         self.write, self.tb_writer = write, tb_writer
         self.probe, self.block, self.amp_dtype = probe, block, amp_dtype

@@ -64,3 +64,21 @@ def test_resume_is_exact(tmp_path, method, extra):
 def test_qramping_rejects_other_optimizers(tmp_path):
     with pytest.raises(ValueError, match="unknown optim.name 'sgd'"):
         _run(tmp_path / "run", "tetrajet_qramping", "optim.name=sgd")
+
+
+def test_oscillation_monitor_logs_and_leaves_training_unchanged(tmp_path):
+    monitored = ["train.osc_interval=4", "train.osc_window=3", "train.osc_block=blocks.1", "train.osc_probe=8"]
+    _run(tmp_path / "watched", "tetrajet", "train.epochs=2", *monitored)
+    _run(tmp_path / "plain", "tetrajet", "train.epochs=2")
+    records = read_log(tmp_path / "watched", "oscillation")
+    assert len(records) == 4  # windows starting at steps 0, 4, 8, 12
+    assert [r["step"] for r in records] == [3, 7, 11, 15]  # each record closes a window
+    assert all(0 <= r["osc_share"] <= 1 and r["r_w"] > 0 and r["r_y"] > 0 for r in records)
+    watched = training.load(tmp_path / "watched" / "checkpoint_last.pth")
+    plain = training.load(tmp_path / "plain" / "checkpoint_last.pth")
+    assert_states_equal(watched["model"], plain["model"], "model")
+
+
+def test_oscillation_monitor_rejects_unknown_block(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown block 'blocks.9'; valid choices include: blocks.0, blocks.1"):
+        _run(tmp_path / "run", "tetrajet", "train.osc_interval=4", "train.osc_window=3")

@@ -34,6 +34,11 @@ class RunLogger:
         else:
             self._writer = SummaryWriter(str(output_dir / "tensorboard"))
 
+    @property
+    def tb_writer(self):
+        """The tensorboardX SummaryWriter, or None (not the main rank, or tensorboardX missing)."""
+        return self._writer
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
