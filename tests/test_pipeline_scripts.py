@@ -14,7 +14,8 @@ from quantization import RECIPES
 from pipeline_helpers import REPO
 
 LAUNCHERS = sorted((REPO / "scripts").glob("table*.sh"))
-EXPECTED_RUNS = {"table1": 16, "table2": 15, "table5": 8, "table6": 3, "table7": 4}
+EXPECTED_RUNS = {"table1": 16, "table2": 25, "table3": 4, "table4": 6, "table5": 8, "table6": 5, "table7": 4,
+                 "table8": 5, "table9": 6, "table10": 9}
 
 
 def _dry_run(script, **env):
@@ -61,3 +62,20 @@ def test_summarize_runs_reads_the_last_record_of_each_epoch(tmp_path):
                             capture_output=True, text=True, check=True)
     row = result.stdout.splitlines()[2]
     assert row.startswith("| tetrajet | 3 | 30.00 | 30.00 | - | 600 | 1002 | 3.0 |")
+
+
+def test_sweeps_apply_their_values():
+    from configs import resolve_recipe
+
+    betas = [resolve_recipe(c.method).qema_beta for _, _, c in _dry_run(REPO / "scripts" / "table9.sh")]
+    assert betas == [0.993, 0.995, 0.997, 0.998, 0.999, 0.9995]
+    pairs = [(resolve_recipe(c.method).qramping.k1, resolve_recipe(c.method).qramping.k2)
+             for _, _, c in _dry_run(REPO / "scripts" / "table10.sh")]
+    assert pairs == [(16, 3), (16, 4), (16, 5), (16, 6), (16, 7), (16, 8), (8, 5), (12, 5), (20, 5)]
+    tuned = {c.model.name: resolve_recipe(c.method).qema_beta for _, _, c in _dry_run(REPO / "scripts" / "table2.sh")
+             if c.method.name == "tetrajet_qema"}
+    assert tuned == {"deit_tiny_patch16_224": 0.9983, "deit_small_patch16_224": 0.9972,
+                     "deit_base_patch16_224": 0.999, "swin_tiny_patch4_window7_224": 0.9975,
+                     "swin_small_patch4_window7_224": 0.998}
+    monitored = [c.train.osc_interval for _, _, c in _dry_run(REPO / "scripts" / "table3.sh")]
+    assert monitored == [1000] * 4
