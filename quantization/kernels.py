@@ -106,6 +106,22 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
     return deq, code, scale
 
 
+@triton.jit
+def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y: tl.constexpr,
+                     IS_BF16: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
+                     MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
+                     SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+    """Quantize a loaded tile given its broadcast block amax, store the values if asked; returns (codes, scales)."""
+    ema = x
+    if ROUNDING == 3:
+        ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    deq, code, scale = _quantize_tile(x, amax, finite, offs, ema, seed0, seed1, MAN_BITS, EMIN, EMAX, MAX_VALUE,
+                                      MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    if WRITE_Y:
+        tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
+    return code, scale
+
+
 @triton.jit(do_not_specialize=["seed0", "seed1"])  # a seed of 1 must not become a compile-time constant
 def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, seed0, seed1,
                           GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr,
@@ -126,13 +142,9 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     ax = tl.abs(x)
     finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
     amax = tl.max(ax, axis=1)
-    ema = x
-    if ROUNDING == 3:
-        ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    deq, code, scale = _quantize_tile(x, amax[:, None], finite[:, None], offs, ema, seed0, seed1, MAN_BITS, EMIN,
-                                      EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
-    if WRITE_Y:
-        tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
+    code, scale = _round_and_store(x, amax[:, None], finite[:, None], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
+                                   IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT,
+                                   RCEIL, ROUNDING)
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (GROUPS, 16, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
@@ -159,13 +171,9 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     ax = tl.abs(x)
     finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=0) == 0
     amax = tl.max(ax, axis=0)
-    ema = x
-    if ROUNDING == 3:
-        ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    deq, code, scale = _quantize_tile(x, amax[None, :], finite[None, :], offs, ema, seed0, seed1, MAN_BITS, EMIN,
-                                      EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
-    if WRITE_Y:
-        tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
+    code, scale = _round_and_store(x, amax[None, :], finite[None, :], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
+                                   IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT,
+                                   RCEIL, ROUNDING)
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (32, BLOCK_C // 2, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
