@@ -127,12 +127,17 @@ def progress_note(runs: list[Run]) -> str:
     return f" ({least.epochs_done}/{least.epochs_total} ep)"
 
 
+def cell_values(runs: list[Run], quantity: str) -> list[float]:
+    """The ``quantity`` of each run of a cell that has it."""
+    return [run.values[quantity] for run in runs if run.values[quantity] is not None]
+
+
 def format_cell(runs: list[Run], quantity: str, paper: float) -> str:
     """``ours / paper (difference), n=<runs>, range <max - min>`` for one table cell."""
     digits = DIGITS[quantity]
     if not runs:
         return f"{MISSING} / {paper:.{digits}f}"
-    values = [run.values[quantity] for run in runs if run.values[quantity] is not None]
+    values = cell_values(runs, quantity)
     if not values:
         return f"n/a / {paper:.{digits}f}, n={len(runs)}"
     mean = statistics.fmean(values)
@@ -188,8 +193,7 @@ def _bar_values(table: PaperTable, groups: dict[tuple[str, str], list[Run]],
     """Per row of one column: our mean (NaN when missing) and its distances to the min and max run."""
     means, low, high = [], [], []
     for row in table.rows:
-        runs = groups.get((column.model, row.label), [])
-        values = [run.values[column.quantity] for run in runs if run.values[column.quantity] is not None]
+        values = cell_values(groups.get((column.model, row.label), []), column.quantity)
         mean = statistics.fmean(values) if values else float("nan")
         means.append(mean)
         low.append(mean - min(values) if values else 0.0)
