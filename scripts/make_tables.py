@@ -8,11 +8,11 @@ $OUTPUT/<model>-<epochs>ep/<method>). A run's model and method come from its log
 mean, their count n and their range (max - min). Top-1 per run (--metric): "final" (default) the last epoch's
 test_acc1, "best" the best test_acc1 so far, "ema" the model EMA's last test_acc1. Table 3: the last "oscillation"
 record's r_q (r(W_Q)) and r_y. A run that has not reached its configured train.epochs (config.yaml) is marked
-"(30/90 ep)". Only runs on --dataset (default imagenet) count. "-" stands for a run that does not exist yet, "n/a" for runs without the number (no model EMA, no
-oscillation records).
+"(30/90 ep)". Only runs on --dataset (default imagenet) count. "–" stands for a run that does not exist yet,
+"n/a" for runs without the number (no model EMA, no oscillation records).
 
-Usage: python scripts/make_tables.py OUTPUT_ROOT [--tables 1 2 5] [--metric final|best|ema] [--epochs 90]
-       [--figures DIR]
+Usage: python scripts/make_tables.py OUTPUT_ROOT [--tables 1 2 5] [--metric final|best|ema] [--dataset imagenet]
+       [--epochs 90] [--figures DIR]
 """
 from __future__ import annotations
 
