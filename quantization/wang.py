@@ -1,0 +1,195 @@
+"""Wang et al. 2025, "Optimizing Large Language Model Training Using FP4 Quantization" (arXiv 2501.17116), as a
+standalone simulated-quantization autograd op (PAPER.md, "Related recipes").
+
+What is implemented (``wang_linear``):
+
+* Forward GEMM in FP4 (E2M1 by default) with absmax scaling: activations token-wise (one scale per row of the
+  (N, D) token matrix), weights channel-wise (one scale per output channel = row of W (C, D)); scale = absmax /
+  fmt.max_value (6 for E2M1), no power-of-two restriction on the scale; round to nearest on the element grid with
+  ties away from zero (``absmax_quantize``). A row of zeros has scale 0 and quantizes to zeros.
+* Outlier clamping + compensation of the activations: t = the ``outlier_quantile`` (0.99) quantile of |X| over the
+  whole tensor (one threshold per tensor, all leading dims flattened; not per token), Xc = clamp(X, -t, t), and
+  Y = Q(Xc) Q(W)^T + (X - Xc) Q(W)^T + b, the residual product computed in the input's precision (fp32, or the
+  autocast dtype the caller cast to). With ``outlier_residual=False`` the residual term is dropped (clamp only).
+  The quantile is exact (``torch.quantile``'s 'linear' interpolation), computed with two ``kthvalue`` calls on the
+  flattened |X| because ``torch.quantile`` refuses inputs above 2^24 elements; no sampling. ``outlier_quantile=1``
+  disables clamping.
+* Backward GEMMs in high precision (the dtype of the forward operands: fp32, or BF16 under the caller's autocast).
+  Wang et al. quantize the forward GEMMs to FP4 and keep the gradients of the backward pass in higher precision
+  (their framework uses FP8 for them; this project has no FP8 simulation, so we simply leave them unquantized).
+* Weight gradient with the differentiable gradient estimator (DGE): dL/dW = (dY^T X) * f'(W / s_w), with
+  f'(x) = (1/k) |2 x / delta - 1|^(1/k - 1), x = the position of W/s_w inside its quantization interval
+  [lower, lower + delta) of the signed grid (+-grid, e.g. [-6, -4, ..., -0.5, 0, 0.5, ..., 6]), k = ``dge_k``,
+  clamped above at ``dge_clamp``. f' is 1/k at grid points, grows toward the interval midpoint (the rounding decision
+  boundary, where it would be infinite) and is clamped there. The top of the grid (|W/s| = max_value) is taken as
+  the end of the last interval (f' = 1/k). The scale s_w is treated as a constant (no gradient through absmax).
+  ``dge_derivative`` exposes f'.
+* Activation gradient: straight-through estimator for the quantizer (dQ(Xc)/dXc = I), so dX = dY Q(W) where the
+  clamp is exact through the residual path (d/dX [Q(Xc) + X - Xc] = 1 everywhere); the threshold t is a constant.
+  Without the residual the clamp's own gradient applies (outliers get zero gradient).
+* db = sum of dY over tokens.
+
+Choices not pinned by PAPER.md / simplifications:
+* dW uses the full-precision activations X (dY^T X), not the quantized operand Q(Xc) + residual: the backward GEMMs
+  run on unquantized operands; dX uses Q(W), the weight the forward used (STE through Q).
+* Quantization arithmetic is done in float32; the dequantized operands are cast back to the input dtype.
+* The residual GEMM is dense (a real implementation would use a sparse kernel for the ~1% outliers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .formats import ElementFormat, get_format
+
+@dataclass(frozen=True)
+class WangConfig:
+    fmt: str = "e2m1"
+    dge_k: float = 5.0
+    dge_clamp: float = 3.0
+    outlier_quantile: float = 0.99
+    outlier_residual: bool = True
+
+    def __post_init__(self) -> None:
+        get_format(self.fmt)  # raises ValueError naming the format
+        if not (isinstance(self.dge_k, (int, float)) and self.dge_k > 1.0):
+            # k > 1 so that the exponent 1/k - 1 is negative (f' >= 1/k, integrable singularity at the midpoint).
+            raise ValueError(f"dge_k must be a number > 1, got {self.dge_k!r}")
+        if not (isinstance(self.dge_clamp, (int, float)) and self.dge_clamp > 0):
+            raise ValueError(f"dge_clamp must be a number > 0, got {self.dge_clamp!r}")
+        if not (isinstance(self.outlier_quantile, (int, float)) and 0.0 < self.outlier_quantile <= 1.0):
+            raise ValueError(f"outlier_quantile must be in (0, 1], got {self.outlier_quantile!r}")
+        if not isinstance(self.outlier_residual, bool):
+            raise ValueError(f"outlier_residual must be a bool, got {self.outlier_residual!r}")
+
+
+def _format(fmt: "str | ElementFormat") -> ElementFormat:
+    return get_format(fmt) if isinstance(fmt, str) else fmt
+
+
+def round_to_grid(t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Round to the nearest value of +-grid (grid: ascending non-negative magnitudes), ties away from zero;
+    magnitudes beyond the top of the grid saturate to it."""
+    mids = (grid[1:] + grid[:-1]) / 2
+    mag = t.abs()
+    idx = torch.searchsorted(mids, mag.contiguous(), right=True)  # |t| == midpoint goes to the upper point
+    return torch.copysign(grid[idx], t)
+
+
+def absmax_quantize(t: torch.Tensor, dim: int = -1, fmt: "str | ElementFormat" = "e2m1") -> torch.Tensor:
+    """Absmax-scaled round-to-nearest quantization; returns dequantized values in ``t``'s dtype.
+
+    ``dim`` is the dimension the absmax is taken over, so there is one scale per slice along the other dimensions:
+    dim=-1 on the (N, D) token matrix gives token-wise scales, dim=-1 on W (C, D) channel-wise (per output channel).
+    scale = absmax / fmt.max_value; all-zero slices stay zero.
+    """
+    f = _format(fmt)
+    x = t.float()
+    grid = torch.tensor(f.grid(), dtype=torch.float32, device=t.device)
+    scale = x.abs().amax(dim=dim, keepdim=True) / f.max_value
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = round_to_grid(x / safe, grid) * scale
+    return q.to(t.dtype)
+
+
+def _scaled(t: torch.Tensor, dim: int, fmt: ElementFormat) -> torch.Tensor:
+    """t / scale (float32) with the absmax scale of ``absmax_quantize``; all-zero slices give zeros."""
+    x = t.float()
+    scale = x.abs().amax(dim=dim, keepdim=True) / fmt.max_value
+    return x / torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def dge_derivative(w_scaled: torch.Tensor, grid, k: float = 5.0, clamp: float = 3.0) -> torch.Tensor:
+    """f'(x) = (1/k) |2x/delta - 1|^(1/k - 1), clamped at ``clamp``, for values in scaled units.
+
+    ``grid``: the non-negative magnitudes (list or tensor, ascending); intervals are those of the signed grid.
+    x = w_scaled - lower in [0, delta), lower = the largest grid point <= w_scaled; values at or beyond the top
+    of the grid belong to the last interval (at +max, x = delta). Returns float32.
+    """
+    g = torch.as_tensor(grid, dtype=torch.float32, device=w_scaled.device)
+    signed = torch.cat([-g.flip(0)[:-1], g]) if g[0] == 0 else torch.cat([-g.flip(0), g])
+    w = w_scaled.float().contiguous()
+    idx = (torch.searchsorted(signed, w, right=True) - 1).clamp(0, signed.numel() - 2)
+    lower, upper = signed[idx], signed[idx + 1]
+    delta = upper - lower
+    u = (2 * (w - lower) / delta - 1).abs()
+    # u = 0 (exact midpoint) gives inf ** negative -> inf, clamped below.
+    return ((1.0 / k) * u.pow(1.0 / k - 1.0)).clamp(max=clamp)
+
+
+def outlier_threshold(x: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile of |x| over all elements (torch.quantile's 'linear' interpolation), as a 0-d float32 tensor.
+
+    Exact for any size: two kthvalue calls instead of torch.quantile (which refuses > 2^24 elements)."""
+    a = x.detach().abs().float().reshape(-1)
+    n = a.numel()
+    pos = q * (n - 1)
+    lo = int(pos)
+    hi = min(lo + 1, n - 1)
+    frac = pos - lo
+    v_lo = a.kthvalue(lo + 1).values
+    if frac == 0.0 or hi == lo:
+        return v_lo
+    v_hi = a.kthvalue(hi + 1).values
+    return v_lo + frac * (v_hi - v_lo)
+
+
+class WangLinearFunction(torch.autograd.Function):
+    """Y = Q(Xc) Q(W)^T [+ (X - Xc) Q(W)^T] + b; dX = dY Q(W) [* mask without residual];
+    dW = (dY^T X) * f'(W / s_w); db = sum(dY)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: WangConfig):
+        fmt = get_format(config.fmt)
+        in_features = x.shape[-1]
+        x2d = x.reshape(-1, in_features)
+        if config.outlier_quantile < 1.0 and x2d.numel() > 0:
+            t = outlier_threshold(x2d, config.outlier_quantile).to(x2d.dtype)
+            xc = torch.maximum(torch.minimum(x2d, t), -t)
+        else:
+            t, xc = None, x2d
+        xq = absmax_quantize(xc, -1, fmt)
+        wq = absmax_quantize(weight, -1, fmt).to(x2d.dtype)
+        out = F.linear(xq, wq, bias)
+        if config.outlier_residual and t is not None:
+            out = out + F.linear(x2d - xc, wq)  # high-precision residual of the clamped outliers
+
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        mask = None
+        if need_dx and t is not None and not config.outlier_residual:
+            mask = x2d.abs() <= t
+        dge = dge_derivative(_scaled(weight, -1, fmt), fmt.grid(), config.dge_k, config.dge_clamp) if need_dw \
+            else None
+        ctx.save_for_backward(x2d if need_dw else None, wq if need_dx else None, dge, mask)
+        ctx.x_shape, ctx.w_dtype = x.shape, weight.dtype
+        ctx.has_bias = bias is not None
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x2d, wq, dge, mask = ctx.saved_tensors
+        dy = grad_out.reshape(-1, grad_out.shape[-1])
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            gx = dy @ wq.to(dy.dtype)
+            if mask is not None:
+                gx = gx * mask
+            grad_x = gx.view(ctx.x_shape)
+        if ctx.needs_input_grad[1]:
+            gwq = dy.t() @ x2d.to(dy.dtype)
+            grad_w = (gwq.float() * dge).to(ctx.w_dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = dy.sum(0)
+        return grad_x, grad_w, grad_b, None
+
+
+def wang_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                config: WangConfig | None = None) -> torch.Tensor:
+    """Wang et al. FP4 linear: x (..., D), weight (C, D), bias (C,) or None -> (..., C)."""
+    if config is None:
+        config = WangConfig()
+    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"shape mismatch: x {tuple(x.shape)} and weight {tuple(weight.shape)} (expected (C, D))")
+    return WangLinearFunction.apply(x, weight, bias, config)
