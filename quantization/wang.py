@@ -12,7 +12,8 @@ What is implemented (``wang_linear``):
   Y = Q(Xc) Q(W)^T + (X - Xc) Q(W)^T + b, the residual product computed in the input's precision (fp32, or the
   autocast dtype the caller cast to). With ``outlier_residual=False`` the residual term is dropped (clamp only).
   The quantile is exact (``torch.quantile``'s 'linear' interpolation), computed with two ``kthvalue`` calls on the
-  flattened |X| because ``torch.quantile`` refuses inputs above 2^24 elements; no sampling. ``outlier_quantile=1``
+  flattened |X| because ``torch.quantile`` has refused inputs above 2^24 elements (in many torch versions); no
+  sampling. ``outlier_quantile=1``
   disables clamping.
 * Backward GEMMs in high precision (the dtype of the forward operands: fp32, or BF16 under the caller's autocast).
   Wang et al. quantize the forward GEMMs to FP4 and keep the gradients of the backward pass in higher precision
@@ -34,6 +35,10 @@ Choices not pinned by PAPER.md / simplifications:
   run on unquantized operands; dX uses Q(W), the weight the forward used (STE through Q).
 * Quantization arithmetic is done in float32; the dequantized operands are cast back to the input dtype.
 * The residual GEMM is dense (a real implementation would use a sparse kernel for the ~1% outliers).
+* Differences from the authors' public simulation code (MS-AMP based; noted, not followed, since PAPER.md pins the
+  description above): there the clamp is two-sided on the signed values (the 0.01 and 0.99 quantiles of X, not of
+  |X|), the residual is added to the quantized operand before one GEMM, and the scale factor comes from MS-AMP's
+  ScalingMeta (a power of two) rather than absmax / 6.
 """
 from __future__ import annotations
 
@@ -122,7 +127,7 @@ def dge_derivative(w_scaled: torch.Tensor, grid, k: float = 5.0, clamp: float = 
 def outlier_threshold(x: torch.Tensor, q: float) -> torch.Tensor:
     """The q-quantile of |x| over all elements (torch.quantile's 'linear' interpolation), as a 0-d float32 tensor.
 
-    Exact for any size: two kthvalue calls instead of torch.quantile (which refuses > 2^24 elements)."""
+    Exact for any size: two kthvalue calls instead of torch.quantile (which has refused > 2^24 elements)."""
     a = x.detach().abs().float().reshape(-1)
     n = a.numel()
     pos = q * (n - 1)

@@ -287,3 +287,14 @@ def test_default_config_and_shape_errors():
     with pytest.raises(ValueError, match="shape"):
         wang_linear(torch.randn(4, 8), torch.randn(3, 9))
     assert math.isfinite(wang_linear(torch.zeros(4, 8), torch.zeros(3, 8)).abs().sum().item())
+
+
+def test_outlier_threshold_beyond_torch_quantile_limit():
+    n = 2**24 + 3  # above torch.quantile's historical 2^24 input limit; kthvalue has none
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(n, generator=g)
+    pos = 0.99 * (n - 1)
+    lo = int(pos)
+    top = x.abs().topk(n - lo, sorted=True).values.flip(0)  # the order statistics lo, lo + 1, ... ascending
+    want = top[0] + (pos - lo) * (top[1] - top[0])
+    assert outlier_threshold(x.view(-1, 1), 0.99).item() == pytest.approx(want.item(), rel=1e-6)
