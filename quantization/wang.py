@@ -38,7 +38,7 @@ Choices not pinned by PAPER.md / simplifications:
 * Differences from the authors' public simulation code (MS-AMP based; noted, not followed, since PAPER.md pins the
   description above): there the clamp is two-sided on the signed values (the 0.01 and 0.99 quantiles of X, not of
   |X|), the residual is added to the quantized operand before one GEMM, and the scale factor comes from MS-AMP's
-  ScalingMeta (a power of two) rather than absmax / 6.
+  ScalingMeta (a power of two, as we read MS-AMP) rather than absmax / 6.
 """
 from __future__ import annotations
 

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from quantization.formats import get_format
 from quantization.wang import (WangConfig, absmax_quantize, dge_derivative, outlier_threshold, round_to_grid,
@@ -55,7 +54,8 @@ def test_absmax_channelwise_weight_and_dim0():
 
 def test_absmax_ties_away_from_zero_scaled():
     # absmax 6 -> scale 1: the values are exactly the midpoints
-    x = torch.tensor([[6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0], [-6.0, -0.25, -0.75, -1.25, -1.75, -2.5, -3.5, -5.0]])
+    x = torch.tensor([[6.0, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0],
+                      [-6.0, -0.25, -0.75, -1.25, -1.75, -2.5, -3.5, -5.0]])
     q = absmax_quantize(x, -1, "e2m1")
     assert torch.equal(q[0], torch.tensor([6.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]))
     assert torch.equal(q[1], -q[0])
