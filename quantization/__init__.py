@@ -21,3 +21,7 @@ from .recipes import DampenConfig, FreezeConfig, QRampingConfig
 
 __all__ += ["dampen_loss", "attach_qema", "attach_freeze", "OscillationMonitor", "OscillationRatio", "RateOfChange",
             "quant_conf", "QRampingAdamW", "QRampingCalibrator", "DampenConfig", "FreezeConfig", "QRampingConfig"]
+from .tseng import TsengConfig, tseng_linear
+from .wang import WangConfig, wang_linear
+
+__all__ += ["TsengConfig", "tseng_linear", "WangConfig", "wang_linear"]

@@ -5,11 +5,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .amp import autocast_operands
 from .formats import get_format
 from .freeze import FreezeState
 from .ops import quantize_2d
 from .recipes import ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
 from .reference import dequantize_2d as _reference_dequantize
+from .tseng import tseng_linear
+from .wang import wang_linear
 
 QEMA_WARMUP_UPDATES = 10
 
@@ -167,14 +170,13 @@ class QLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.recipe.quantizes_anything:
             return F.linear(x, self.weight, self.bias)
-        weight, bias = self.weight, self.bias
-        device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            x, weight = x.to(dtype), weight.to(dtype)
-            bias = bias.to(dtype) if bias is not None else None
+        if self.recipe.tseng is not None:
+            return tseng_linear(x, self.weight, self.bias, self.recipe.tseng)
+        if self.recipe.wang is not None:
+            return wang_linear(x, self.weight, self.bias, self.recipe.wang)
+        x, weight, bias = autocast_operands(x, self.weight, self.bias)
         ema = self.weight_ema if self.qema_active() else None
-        with torch.autocast(device_type, enabled=False):
+        with torch.autocast(x.device.type, enabled=False):
             return MXLinearFunction.apply(x, weight, bias, self.recipe, ema)
 
     def extra_repr(self) -> str:

@@ -16,6 +16,8 @@ import math
 from dataclasses import dataclass
 
 from .formats import check_rounding, check_scale_rule, get_format
+from .tseng import TsengConfig
+from .wang import WangConfig
 
 ROLES = ("q1", "q2", "q3", "q4", "q5", "q6")
 ROLE_LAYOUTS = {"q1": "1x32", "q2": "1x32", "q3": "1x32", "q4": "32x1", "q5": "32x1", "q6": "32x1"}
@@ -112,6 +114,8 @@ class FreezeConfig:
 
 # Fields of Recipe that hold a nested config, and its class (for from_dict).
 _NESTED = {"qramping": QRampingConfig, "dampen": DampenConfig, "freeze": FreezeConfig}
+# Other 4-bit recipes (PAPER.md "Related recipes") that replace the six quantizers with a Linear op of their own.
+SCHEMES = {"tseng": TsengConfig, "wang": WangConfig}
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,8 @@ class Recipe:
     qramping: QRampingConfig | None = None
     dampen: DampenConfig | None = None
     freeze: FreezeConfig | None = None
+    tseng: TsengConfig | None = None  # Tseng et al.: BF16 forward, MXFP4 backward with random Hadamard transforms
+    wang: WangConfig | None = None  # Wang et al.: absmax E2M1 forward, DGE, outlier clamping
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -147,6 +153,15 @@ class Recipe:
             if config is not None and self.q2 is None:
                 raise ValueError(f"recipe {self.name!r}: {key} acts on quantized weights, but the weight quantizer "
                                  f"q2 is off")
+        for key, cls in SCHEMES.items():
+            config = getattr(self, key)
+            if config is not None and not isinstance(config, cls):
+                raise TypeError(f"recipe {self.name!r}: {key} must be a {cls.__name__} or None, got {config!r}")
+        schemes = [key for key in SCHEMES if getattr(self, key) is not None]
+        others = [key for key in (*ROLES, *_NESTED) if getattr(self, key) is not None]
+        if schemes and (len(schemes) > 1 or others):
+            raise ValueError(f"recipe {self.name!r}: {schemes[0]} brings its own quantizers and combines with no "
+                             f"other; also set: {', '.join([*schemes[1:], *others])}")
 
     def quantizer(self, role: str) -> QuantizerConfig | None:
         if role not in ROLES:
@@ -159,8 +174,13 @@ class Recipe:
         return self.q2 is not None and self.q2.rounding == "ema"
 
     @property
+    def scheme(self) -> str | None:
+        """The related recipe ("tseng" or "wang") whose Linear op replaces the six quantizers, if any."""
+        return next((key for key in SCHEMES if getattr(self, key) is not None), None)
+
+    @property
     def quantizes_anything(self) -> bool:
-        return any(getattr(self, role) is not None for role in ROLES)
+        return self.scheme is not None or any(getattr(self, role) is not None for role in ROLES)
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)
@@ -183,7 +203,7 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe keys {sorted(unknown)}; valid keys: {', '.join(sorted(valid))}")
         fields = dict(data)
-        nested = {**{role: QuantizerConfig for role in ROLES}, **_NESTED}
+        nested = {**{role: QuantizerConfig for role in ROLES}, **_NESTED, **SCHEMES}
         for key, config_cls in nested.items():
             config = fields.get(key)
             if isinstance(config, dict):
@@ -232,6 +252,8 @@ def _build_registry() -> dict[str, Recipe]:
         tetrajet.replace(name="tetrajet_dampen", dampen=DampenConfig()),
         tetrajet.replace(name="tetrajet_freeze", freeze=FreezeConfig()),
     ]
+    # The other 4-bit recipes of PAPER.md "Related recipes".
+    recipes += [Recipe("tseng", tseng=TsengConfig()), Recipe("wang", wang=WangConfig())]
     return {recipe.name: recipe for recipe in recipes}
 
 

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .amp import autocast_operands
 from .formats import BLOCK_SIZE, get_format
 from .ops import draw_seed
 from .reference import _blocked, _unblocked, pow2, round_scaled, shared_exponent, uniform_from_index
@@ -215,10 +216,6 @@ def tseng_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"tseng_linear: x {tuple(x.shape)} and weight {tuple(weight.shape)} do not match "
                          f"(expected x (..., D), weight (C, D))")
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = bias.to(dtype) if bias is not None else None
-    with torch.autocast(device_type, enabled=False):
+    x, weight, bias = autocast_operands(x, weight, bias)
+    with torch.autocast(x.device.type, enabled=False):
         return TsengLinearFunction.apply(x, weight, bias, config)

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .amp import autocast_operands
 from .formats import ElementFormat, get_format
 
 @dataclass(frozen=True)
@@ -192,9 +193,12 @@ class WangLinearFunction(torch.autograd.Function):
 
 def wang_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 config: WangConfig | None = None) -> torch.Tensor:
-    """Wang et al. FP4 linear: x (..., D), weight (C, D), bias (C,) or None -> (..., C)."""
+    """Wang et al. FP4 linear: x (..., D), weight (C, D), bias (C,) or None -> (..., C). Under autocast the operands
+    are cast to the autocast dtype first and the op runs with autocast off (as QLinear does)."""
     if config is None:
         config = WangConfig()
     if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"shape mismatch: x {tuple(x.shape)} and weight {tuple(weight.shape)} (expected (C, D))")
-    return WangLinearFunction.apply(x, weight, bias, config)
+    x, weight, bias = autocast_operands(x, weight, bias)
+    with torch.autocast(x.device.type, enabled=False):
+        return WangLinearFunction.apply(x, weight, bias, config)
