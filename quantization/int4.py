@@ -193,12 +193,15 @@ def leverage_sample(stacked: torch.Tensor, scores: torch.Tensor, ratio: float) -
     return sampled[: rows // 2] + sampled[rows // 2:]
 
 
-def lss_quantize(g: torch.Tensor, row_weight: torch.Tensor | None = None, ratio: float = 0.5, *,
+def lss_quantize(g: torch.Tensor | None, row_weight: torch.Tensor | None = None, ratio: float = 0.5, *,
                  split: BitSplit | None = None) -> torch.Tensor:
     """Bit splitting + leverage score sampling of a 2-D gradient g (N, C): an unbiased estimate of g (N, C) whose
     product with any (N, D) or (C, D) matrix is an INT4-GEMM-able sampled product. Row scores: ||split row||, times
-    ``row_weight`` (N,) (e.g. the norms of the rows of the other operand of dW = g^T X) for both halves."""
+    ``row_weight`` (N,) (e.g. the norms of the rows of the other operand of dW = g^T X) for both halves. ``split``:
+    reuse an existing bit split of g (g is then ignored and may be None)."""
     if split is None:
+        if g is None:
+            raise ValueError("lss_quantize needs g or split")
         split = bit_split(g)
     stacked = split.stacked()
     scores = stacked.norm(dim=1)
@@ -210,7 +213,7 @@ def lss_quantize(g: torch.Tensor, row_weight: torch.Tensor | None = None, ratio:
 def _grad_estimate(split: BitSplit, row_weight: torch.Tensor | None, config: Int4Config) -> torch.Tensor:
     if not config.lss:
         return split.dequantize()
-    return lss_quantize(None, row_weight, config.lss_ratio, split=split)  # type: ignore[arg-type]
+    return lss_quantize(None, row_weight, config.lss_ratio, split=split)
 
 
 class Int4LinearFunction(torch.autograd.Function):

@@ -228,7 +228,7 @@ def test_backward_unbiased_for_ste_gradient():
     xq, wq = hadamard_quantize(x0, 32), hadamard_quantize(w0, 32)
     ref_dx = hadamard_transform(gy @ wq, 32)[:, :d]
     ref_dw = hadamard_transform(gy.t() @ xq, 32)[:, :d]
-    trials = 800
+    trials = 1500
     sx = torch.zeros_like(ref_dx)
     sw = torch.zeros_like(ref_dw)
     for _ in range(trials):
@@ -238,7 +238,7 @@ def test_backward_unbiased_for_ste_gradient():
         sx += x.grad
         sw += w.grad
         torch.testing.assert_close(b.grad, gy.sum(0))
-    assert _rel(sx / trials, ref_dx) < 0.03
+    assert _rel(sx / trials, ref_dx) < 0.03  # measured ~0.011-0.019 at 800 trials over seeds 0-2
     assert _rel(sw / trials, ref_dw) < 0.03
     # and one draw is a usable (noisy) gradient of the full-precision layer
     x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
@@ -328,3 +328,15 @@ def test_config_defaults_frozen_and_call_errors():
         int4_linear(torch.randn(2, 5), torch.randn(3, 4))
     with pytest.raises(ValueError, match="2-D"):
         bit_split(torch.randn(2, 3, 4))
+
+
+def test_lss_scores_use_the_other_operand():
+    """Leverage scores for dW multiply ||split dY_i|| by ||X_i||: rows meeting a zero row of X are never sampled
+    (and, with 4 positive scores for a budget of 8, the rest are kept exactly, p = 1)."""
+    dy = torch.ones(8, 4)  # v = 98 everywhere: high = 7, low = 0, so only the 8 high rows have positive norm
+    rw = torch.tensor([1.0, 1, 1, 1, 0, 0, 0, 0])
+    torch.manual_seed(0)
+    out = lss_quantize(dy, rw)
+    torch.testing.assert_close(out[:4], dy[:4])
+    assert torch.equal(out[4:], torch.zeros(4, 4))
+    torch.testing.assert_close(lss_quantize(dy), dy)  # without row weights all 8 are kept
