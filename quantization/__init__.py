@@ -24,4 +24,6 @@ __all__ += ["dampen_loss", "attach_qema", "attach_freeze", "OscillationMonitor",
 from .tseng import TsengConfig, tseng_linear
 from .wang import WangConfig, wang_linear
 
-__all__ += ["TsengConfig", "tseng_linear", "WangConfig", "wang_linear"]
+from .int4 import Int4Config, int4_linear
+
+__all__ += ["TsengConfig", "tseng_linear", "WangConfig", "wang_linear", "Int4Config", "int4_linear"]

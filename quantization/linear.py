@@ -11,6 +11,7 @@ from .freeze import FreezeState
 from .ops import quantize_2d
 from .recipes import ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
 from .reference import dequantize_2d as _reference_dequantize
+from .int4 import int4_linear
 from .tseng import tseng_linear
 from .wang import wang_linear
 
@@ -174,6 +175,8 @@ class QLinear(nn.Linear):
             return tseng_linear(x, self.weight, self.bias, self.recipe.tseng)
         if self.recipe.wang is not None:
             return wang_linear(x, self.weight, self.bias, self.recipe.wang)
+        if self.recipe.int4 is not None:
+            return int4_linear(x, self.weight, self.bias, self.recipe.int4)
         x, weight, bias = autocast_operands(x, self.weight, self.bias)
         ema = self.weight_ema if self.qema_active() else None
         with torch.autocast(x.device.type, enabled=False):

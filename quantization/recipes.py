@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from .formats import check_rounding, check_scale_rule, get_format
+from .int4 import Int4Config
 from .tseng import TsengConfig
 from .wang import WangConfig
 
@@ -114,8 +115,9 @@ class FreezeConfig:
 
 # Fields of Recipe that hold a nested config, and its class (for from_dict).
 _NESTED = {"qramping": QRampingConfig, "dampen": DampenConfig, "freeze": FreezeConfig}
-# Other 4-bit recipes (PAPER.md "Related recipes") that replace the six quantizers with a Linear op of their own.
-SCHEMES = {"tseng": TsengConfig, "wang": WangConfig}
+# Other 4-bit recipes (PAPER.md "Related recipes", Table 2's INT4) that replace the six quantizers with an op of
+# their own.
+SCHEMES = {"tseng": TsengConfig, "wang": WangConfig, "int4": Int4Config}
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class Recipe:
     freeze: FreezeConfig | None = None
     tseng: TsengConfig | None = None  # Tseng et al.: BF16 forward, MXFP4 backward with random Hadamard transforms
     wang: WangConfig | None = None  # Wang et al.: absmax E2M1 forward, DGE, outlier clamping
+    int4: Int4Config | None = None  # Xi et al. 2023: INT4 per-tensor, Hadamard quantizer + leverage score sampling
 
     def __post_init__(self) -> None:
         for role in ROLES:
@@ -175,7 +178,7 @@ class Recipe:
 
     @property
     def scheme(self) -> str | None:
-        """The related recipe ("tseng" or "wang") whose Linear op replaces the six quantizers, if any."""
+        """The other recipe ("tseng", "wang", "int4") whose Linear op replaces the six quantizers, if any."""
         return next((key for key in SCHEMES if getattr(self, key) is not None), None)
 
     @property
@@ -253,7 +256,8 @@ def _build_registry() -> dict[str, Recipe]:
         tetrajet.replace(name="tetrajet_freeze", freeze=FreezeConfig()),
     ]
     # The other 4-bit recipes of PAPER.md "Related recipes".
-    recipes += [Recipe("tseng", tseng=TsengConfig()), Recipe("wang", wang=WangConfig())]
+    recipes += [Recipe("tseng", tseng=TsengConfig()), Recipe("wang", wang=WangConfig()),
+                Recipe("int4", int4=Int4Config())]
     return {recipe.name: recipe for recipe in recipes}
 
 

@@ -2,12 +2,13 @@
 import pytest
 import torch
 
-from quantization import QLinear, Recipe, TsengConfig, WangConfig, get_recipe, tseng_linear, wang_linear
+from quantization import (QLinear, Recipe, TsengConfig, WangConfig, get_recipe, int4_linear, tseng_linear,
+                          wang_linear)
 
 from quant_helpers import assert_bitwise_equal
 
 
-@pytest.mark.parametrize("name,op", [("tseng", tseng_linear), ("wang", wang_linear)])
+@pytest.mark.parametrize("name,op", [("tseng", tseng_linear), ("wang", wang_linear), ("int4", int4_linear)])
 def test_qlinear_runs_the_recipe_op(name, op):
     recipe = get_recipe(name)
     torch.manual_seed(0)
