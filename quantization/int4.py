@@ -59,7 +59,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .amp import autocast_operands
+from .amp import apply_linear_op
 from .tseng import padded_length, random_hadamard
 
 __all__ = ["Int4Config", "int4_linear", "Int4LinearFunction", "int4_quantize", "hadamard_transform",
@@ -267,9 +267,4 @@ def int4_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     config = config if config is not None else Int4Config()
     if not isinstance(config, Int4Config):
         raise TypeError(f"config must be an Int4Config; got {type(config).__name__}")
-    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"int4_linear: x {tuple(x.shape)} and weight {tuple(weight.shape)} do not match "
-                         f"(expected x (..., D), weight (C, D))")
-    x, weight, bias = autocast_operands(x, weight, bias)
-    with torch.autocast(x.device.type, enabled=False):
-        return Int4LinearFunction.apply(x, weight, bias, config)
+    return apply_linear_op(Int4LinearFunction, "int4_linear", x, weight, bias, config)

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .amp import autocast_operands
+from .amp import apply_linear_op
 from .formats import BLOCK_SIZE, get_format
 from .ops import draw_seed
 from .reference import _blocked, _unblocked, pow2, round_scaled, shared_exponent, uniform_from_index
@@ -213,9 +213,4 @@ def tseng_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     config = config if config is not None else TsengConfig()
     if not isinstance(config, TsengConfig):
         raise TypeError(f"config must be a TsengConfig; got {type(config).__name__}")
-    if weight.dim() != 2 or x.dim() < 1 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"tseng_linear: x {tuple(x.shape)} and weight {tuple(weight.shape)} do not match "
-                         f"(expected x (..., D), weight (C, D))")
-    x, weight, bias = autocast_operands(x, weight, bias)
-    with torch.autocast(x.device.type, enabled=False):
-        return TsengLinearFunction.apply(x, weight, bias, config)
+    return apply_linear_op(TsengLinearFunction, "tseng_linear", x, weight, bias, config)

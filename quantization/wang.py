@@ -47,7 +47,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .amp import autocast_operands
+from .amp import apply_linear_op
 from .formats import ElementFormat, get_format
 
 @dataclass(frozen=True)
@@ -197,8 +197,4 @@ def wang_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     are cast to the autocast dtype first and the op runs with autocast off (as QLinear does)."""
     if config is None:
         config = WangConfig()
-    if weight.dim() != 2 or x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"shape mismatch: x {tuple(x.shape)} and weight {tuple(weight.shape)} (expected (C, D))")
-    x, weight, bias = autocast_operands(x, weight, bias)
-    with torch.autocast(x.device.type, enabled=False):
-        return WangLinearFunction.apply(x, weight, bias, config)
+    return apply_linear_op(WangLinearFunction, "wang_linear", x, weight, bias, config)
