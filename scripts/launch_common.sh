@@ -9,9 +9,18 @@
 #   MODELS       space-separated model configs (configs/models/<name>.yaml); each table has its own default
 #   PYTHON       interpreter, default python
 #   DRY_RUN=1    print the commands instead of running them
+#   QUICK=1      a quick look on Fashion-MNIST: defaults become MODELS=deit_tiny_fmnist (DeiT-Tiny at 28 px),
+#                EPOCHS=10, NPROC=1, OUTPUT=output/quick, DATA_PATH=/usr/share/datasets/fashion-mnist
 # Runs restart with --resume auto, so re-running a table continues or skips the runs already done.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ "${QUICK:-0}" = 1 ]; then
+  DATA_PATH=${DATA_PATH:-/usr/share/datasets/fashion-mnist}
+  MODELS=${MODELS:-deit_tiny_fmnist}
+  EPOCHS=${EPOCHS:-10}
+  NPROC=${NPROC:-1}
+  OUTPUT=${OUTPUT:-output/quick}
+fi
 : "${DATA_PATH:?set DATA_PATH to the ImageNet ImageFolder root (train/<class>/..., val/<class>/...)}"
 NPROC=${NPROC:-4}
 NNODES=${NNODES:-1}
@@ -39,7 +48,11 @@ launch() {
   fi
 }
 
-# launch_recipe MODEL RECIPE: a registered recipe (quantization.RECIPES) on top of the TetraJet method file.
-launch_recipe() {
-  launch "$1" tetrajet "$2" --set "method.recipe=$2"
+# tuned METHOD MODEL: the method file with Table 8's settings for MODEL (configs/methods/tuned/), else METHOD's own.
+tuned() {
+  if [ -f "configs/methods/tuned/$1_$2.yaml" ]; then
+    echo "tuned/$1_$2"
+  else
+    echo "$1"
+  fi
 }

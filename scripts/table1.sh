@@ -5,7 +5,7 @@ source "$(dirname "$0")/launch_common.sh"
 for model in ${MODELS:-deit_tiny deit_small}; do
   launch "$model" bf16 bf16
   for quantizer in q1 q2 q3 q4 q5 q6; do
-    launch_recipe "$model" "tetrajet_only_$quantizer"
+    launch "$model" "ablations/tetrajet_only_$quantizer" "tetrajet_only_$quantizer"
   done
   launch "$model" tetrajet tetrajet
 done

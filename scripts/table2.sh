@@ -8,6 +8,6 @@ for model in ${MODELS:-deit_tiny deit_small deit_base swin_tiny swin_small}; do
   for method in bf16 int4 microscaling tetrajet; do
     launch "$model" "$method" "$method"
   done
-  launch "$model" "tuned/tetrajet_qema_$model" tetrajet_qema
-  launch "$model" "tuned/tetrajet_qramping_$model" tetrajet_qramping
+  launch "$model" "$(tuned tetrajet_qema "$model")" tetrajet_qema
+  launch "$model" "$(tuned tetrajet_qramping "$model")" tetrajet_qramping
 done

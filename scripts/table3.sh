@@ -10,6 +10,6 @@ monitor=(--set "train.osc_interval=${OSC_INTERVAL:-1000}" --set "train.osc_windo
 for model in ${MODELS:-deit_tiny}; do
   launch "$model" tetrajet tetrajet "${monitor[@]}"
   launch "$model" tetrajet_dampen tetrajet_dampen "${monitor[@]}"
-  launch "$model" "tuned/tetrajet_qema_$model" tetrajet_qema "${monitor[@]}"
-  launch "$model" "tuned/tetrajet_qramping_$model" tetrajet_qramping "${monitor[@]}"
+  launch "$model" "$(tuned tetrajet_qema "$model")" tetrajet_qema "${monitor[@]}"
+  launch "$model" "$(tuned tetrajet_qramping "$model")" tetrajet_qramping "${monitor[@]}"
 done

@@ -7,7 +7,7 @@ for model in ${MODELS:-deit_tiny}; do
   for rounding in sr det; do
     for source in doubleq fullprec; do
       for rule in rceil floor; do
-        launch_recipe "$model" "table5_${rounding}_${source}_${rule}"
+        launch "$model" "ablations/table5_${rounding}_${source}_${rule}" "table5_${rounding}_${source}_${rule}"
       done
     done
   done

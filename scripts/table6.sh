@@ -7,6 +7,6 @@ for model in ${MODELS:-deit_base}; do
   for method in tetrajet tetrajet_no_weight_q tetrajet_no_weight_act_q; do
     launch "$model" "$method" "$method"
   done
-  launch "$model" "tuned/tetrajet_qema_$model" tetrajet_qema
-  launch "$model" "tuned/tetrajet_qramping_$model" tetrajet_qramping
+  launch "$model" "$(tuned tetrajet_qema "$model")" tetrajet_qema
+  launch "$model" "$(tuned tetrajet_qramping "$model")" tetrajet_qramping
 done

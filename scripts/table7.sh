@@ -5,7 +5,7 @@ source "$(dirname "$0")/launch_common.sh"
 for model in ${MODELS:-deit_tiny}; do
   for forward in e2m1 e3m0; do
     for backward in e2m1 e3m0; do
-      launch_recipe "$model" "table7_${forward}_${backward}"
+      launch "$model" "ablations/table7_${forward}_${backward}" "table7_${forward}_${backward}"
     done
   done
 done

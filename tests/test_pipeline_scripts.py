@@ -79,3 +79,15 @@ def test_sweeps_apply_their_values():
                      "swin_small_patch4_window7_224": 0.998}
     monitored = [c.train.osc_interval for _, _, c in _dry_run(REPO / "scripts" / "table3.sh")]
     assert monitored == [1000] * 4
+
+
+@pytest.mark.parametrize("script", LAUNCHERS, ids=lambda p: p.stem)
+def test_quick_option_runs_every_table_on_fashion_mnist(script):
+    quick = _dry_run(script, QUICK="1", DATA_PATH="")
+    methods = {method_label(config) for _, _, config in _dry_run(script)}
+    assert sorted(method_label(config) for _, _, config in quick) == sorted(methods)
+    for command, _, config in quick:
+        assert "--nproc_per_node=1" in command
+        assert config.data.dataset == "fashion_mnist" and config.model.img_size == 28 and config.train.epochs == 10
+        assert config.data.path == "/usr/share/datasets/fashion-mnist"
+        assert config.output_dir.startswith("output/quick/deit_tiny_fmnist-10ep/")
