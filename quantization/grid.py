@@ -6,20 +6,18 @@ the one the weight quantizer Q2 uses: 1x32 blocks along the last dim, computed e
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from . import reference
-from .formats import BLOCK_SIZE, ElementFormat, get_format
+from .formats import ElementFormat, get_format
 from .recipes import QuantizerConfig
 
 
 def block_scales(weight: torch.Tensor, config: QuantizerConfig) -> torch.Tensor:
     """2^s (fp32, shaped like ``weight``) of each element's 1x32 block under ``config``'s format and scale rule."""
     w2d = weight.detach().reshape(-1, weight.shape[-1]).float()
-    rows, cols = w2d.shape
-    blocks = F.pad(w2d.abs(), (0, -cols % BLOCK_SIZE)).view(rows, -1, BLOCK_SIZE)
-    exponent = reference.shared_exponent(blocks.amax(dim=-1), get_format(config.fmt), config.scale_rule)
-    scales = reference.pow2(exponent).repeat_interleave(BLOCK_SIZE, dim=1)[:, :cols]
+    blocks = reference._blocked(w2d.abs(), "1x32")
+    exponent = reference.shared_exponent(blocks.amax(dim=-1, keepdim=True), get_format(config.fmt), config.scale_rule)
+    scales = reference._unblocked(reference.pow2(exponent).expand_as(blocks), "1x32", *w2d.shape)
     return scales.reshape(weight.shape)
 
 
