@@ -1,0 +1,292 @@
+"""Training-step benchmark on one CUDA GPU: BF16 against TetraJet, Q-EMA and Q-Ramping on the DeiT models.
+
+For each model and method: a timm model with its block Linears quantized (models.build_model), fp32 master
+weights, a seeded synthetic batch (randn images, 1000 random labels), and a training step = zero_grad, forward under
+bf16 autocast, cross-entropy, backward, optimizer step (fused AdamW over timm's weight-decay groups; QRampingAdamW
+with realistic update periods on every block Linear weight for tetrajet_qramping; Q-EMA attached and its rounding
+active from the start for tetrajet_qema). Step time: median over ``--steps`` steps after ``--warmup``, each step
+bracketed by CUDA events (so a host-bound step counts the GPU's idle time); peak memory over the timed steps.
+Q-Ramping also times one calibration (QRampingCalibrator, ``--calib-steps`` steps) and amortizes it over an epoch of
+``--steps-per-epoch`` steps. Then the quantizer kernels' bandwidth (scripts/bench_quant.py) and, with ``--profile``,
+where a tetrajet step's GPU time goes and whether the step is host- or GPU-bound.
+
+Usage: python scripts/bench.py [--models deit_tiny,deit_small,deit_base] [--methods bf16,tetrajet,...]
+       [--batch 256] [--steps 30] [--warmup 10] [--no-kernels] [--profile] [--json bench.json] [--commit SHA]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import replace
+from typing import Callable, Sequence
+
+import torch
+import triton
+from timm.optim import param_groups_weight_decay
+from torch import nn
+
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.join(os.path.dirname(__file__), "..")]
+
+from bench_qramping import HYPER, block_weights, realistic_periods  # noqa: E402
+from bench_quant import TOKENS, dequant_rows, kernel_rows  # noqa: E402
+from models import PAPER_MODELS, build_model  # noqa: E402
+from quantization import QRampingAdamW, QRampingCalibrator, attach_qema, get_recipe  # noqa: E402
+from quantization.ema import qema_layers  # noqa: E402
+from quantization.linear import QEMA_WARMUP_UPDATES  # noqa: E402
+
+MODELS = {name.split("_patch")[0]: name for name in PAPER_MODELS}  # deit_tiny -> deit_tiny_patch16_224, ...
+METHODS = ("bf16", "tetrajet", "tetrajet_qema", "tetrajet_qramping")
+STEP_TARGETS = {"tetrajet": 1.25, "tetrajet_qema": 1.30, "tetrajet_qramping": 1.35}  # x bf16 (Q-Ramping amortized)
+MEMORY_TARGETS = {"tetrajet": 1.10}  # peak memory x bf16
+WEIGHT_DECAY = 0.05
+IMAGENET_IMAGES, EPOCHS = 1281167, 90
+GPU_BOUND_BUSY = 0.9  # a step whose GPU is busy this share of its wall time is GPU-bound
+
+
+def choice_list(valid: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse ``type`` for a comma list of ``valid`` names (order kept, duplicates dropped)."""
+    def parse(text: str) -> list[str]:
+        names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+        bad = [n for n in names if n not in valid]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(map(repr, bad)) or '(none given)'}; "
+                                              f"valid choices: {', '.join(valid)}")
+        return names
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def gpu_hours(step_ms: float, batch: int) -> float:
+    """GPU-hours for 90 ImageNet epochs on one GPU: 90 * ceil(1281167 / batch) steps of ``step_ms``."""
+    return EPOCHS * math.ceil(IMAGENET_IMAGES / batch) * step_ms / 1e3 / 3600
+
+
+def target_cell(ratio: float | None, limit: float | None) -> str:
+    """``<=1.25x ok`` / ``<=1.25x MISS`` (``?`` without a ratio); empty without a target."""
+    if limit is None:
+        return ""
+    return f"<={limit:.2f}x " + ("?" if ratio is None else "ok" if ratio <= limit else "MISS")
+
+
+def summarize(runs: list[dict], batch: int, steps_per_epoch: int) -> list[dict]:
+    """Measured runs (model, method, step_ms, peak_mib, calibration_s or None) with ratios to the same model's bf16
+    run (None without one), amortized step time (+ calibration / steps_per_epoch), images/s and GPU-hours (both at
+    the amortized time), and the targets."""
+    bf16 = {r["model"]: r for r in runs if r["method"] == "bf16"}
+    rows = []
+    for run in runs:
+        base = bf16.get(run["model"])
+        calib = run["calibration_s"]
+        amortized = None if calib is None else run["step_ms"] + calib * 1e3 / steps_per_epoch
+        effective = amortized if amortized is not None else run["step_ms"]
+        ratio = None if base is None else run["step_ms"] / base["step_ms"]
+        amortized_ratio = None if base is None or amortized is None else amortized / base["step_ms"]
+        mem_ratio = None if base is None else run["peak_mib"] / base["peak_mib"]
+        target = STEP_TARGETS.get(run["method"])
+        rows.append(dict(run, ratio=ratio, amortized_ms=amortized, amortized_ratio=amortized_ratio,
+                         mem_ratio=mem_ratio, images_per_s=batch / effective * 1e3,
+                         gpu_hours_90_epochs=gpu_hours(effective, batch),
+                         target=target_cell(amortized_ratio if amortized is not None else ratio, target),
+                         mem_target=target_cell(mem_ratio, MEMORY_TARGETS.get(run["method"]))))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """One model's summarized rows as a text table ("-" where a value does not apply or bf16 was not run)."""
+    def num(value: float | None, spec: str, suffix: str = "") -> str:
+        return "-" if value is None else f"{value:{spec}}{suffix}"
+
+    lines = [f"{'method':<18} {'step ms':>8} {'x bf16':>7} {'amort ms':>9} {'x bf16':>7} {'target':>13} "
+             f"{'peak MiB':>9} {'x bf16':>7} {'target':>13} {'img/s':>7} {'GPU-h 90ep':>10}"]
+    for r in rows:
+        lines.append(f"{r['method']:<18} {r['step_ms']:8.1f} {num(r['ratio'], '.2f', 'x'):>7} "
+                     f"{num(r['amortized_ms'], '.1f'):>9} {num(r['amortized_ratio'], '.2f', 'x'):>7} "
+                     f"{r['target']:>13} {r['peak_mib']:9.0f} {num(r['mem_ratio'], '.2f', 'x'):>7} "
+                     f"{r['mem_target']:>13} {r['images_per_s']:7.0f} {r['gpu_hours_90_epochs']:10.1f}")
+    return "\n".join(lines)
+
+
+def bound_by(busy_ms: float, wall_ms: float) -> str:
+    """'GPU-bound' when the GPU is busy at least GPU_BOUND_BUSY of the wall step time, else 'host-bound'."""
+    return "GPU-bound" if busy_ms >= GPU_BOUND_BUSY * wall_ms else "host-bound"
+
+
+def build(model_name: str, method: str, img_size: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    """Seeded model on the GPU and its optimizer, set up for ``method`` as described in the module docstring."""
+    torch.manual_seed(0)
+    model = build_model(MODELS[model_name], get_recipe(method), img_size=img_size).cuda()
+    groups = param_groups_weight_decay(model, WEIGHT_DECAY)
+    if method == "tetrajet_qramping":
+        optimizer = QRampingAdamW(groups, **HYPER, fused=True)
+        optimizer.set_update_periods(realistic_periods(block_weights(model)))
+        return model, optimizer
+    optimizer = torch.optim.AdamW(groups, **HYPER, fused=True)
+    if method == "tetrajet_qema":
+        attach_qema(model, optimizer)
+        for layer in qema_layers(model):
+            layer.ema_updates.fill_(QEMA_WARMUP_UPDATES)  # Q-EMA rounding on from the first step
+    return model, optimizer
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: int,
+               img_size: int) -> Callable[[int], None]:
+    """A training step on a fixed synthetic batch; takes (and ignores) the step index, as the calibrator passes it."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(batch, 3, img_size, img_size, generator=g, device="cuda")
+    y = torch.randint(0, 1000, (batch,), generator=g, device="cuda")
+
+    def step(_: int = 0) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def time_steps(step: Callable[[], None], warmup: int, steps: int) -> tuple[float, float]:
+    """Median step time (ms, CUDA events) over ``steps`` steps after ``warmup``, and their peak memory (MiB)."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
+    for start, end in events:
+        start.record()
+        step()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in events), torch.cuda.max_memory_allocated() / 2**20
+
+
+def measure(model_name: str, method: str, args: argparse.Namespace) -> dict:
+    """One run: step time and peak memory, plus the calibration's seconds for tetrajet_qramping (else None)."""
+    model, optimizer = build(model_name, method, args.img_size)
+    step = train_step(model, optimizer, args.batch, args.img_size)
+    step_ms, peak_mib = time_steps(step, args.warmup, args.steps)
+    calibration_s = None
+    if method == "tetrajet_qramping":
+        config = replace(get_recipe(method).qramping, calib_steps=args.calib_steps)
+        calibrator = QRampingCalibrator(model, optimizer, args.steps_per_epoch, config, amp_dtype=torch.bfloat16)
+        calibration_s = calibrator.calibrate(step)["seconds"]
+    return dict(model=model_name, method=method, step_ms=step_ms, peak_mib=peak_mib, calibration_s=calibration_s)
+
+
+def profile(model_name: str, args: argparse.Namespace, steps: int = 5) -> dict:
+    """Wall time of a tetrajet step (no profiler), its GPU busy time and its CUDA kernels by time (torch.profiler)."""
+    model, optimizer = build(model_name, "tetrajet", args.img_size)
+    step = train_step(model, optimizer, args.batch, args.img_size)
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    kernels: dict[str, float] = defaultdict(float)
+    for event in prof.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.name] += event.device_time / 1e3 / steps
+    busy_ms = sum(kernels.values())  # one stream: its kernels do not overlap
+    return dict(model=model_name, wall_ms=wall_ms, gpu_busy_ms=busy_ms, bound=bound_by(busy_ms, wall_ms),
+                kernels_ms=sorted(kernels.items(), key=lambda kv: -kv[1]))
+
+
+def git_commit() -> str:
+    """The working tree's short commit, or 'unknown' (no git on the GPU machine)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=choice_list(tuple(MODELS), "model"),
+                        default="deit_tiny,deit_small,deit_base", help="comma list (default: the three DeiTs)")
+    parser.add_argument("--methods", type=choice_list(METHODS, "method"), default=",".join(METHODS),
+                        help="comma list (default: all); ratios need bf16")
+    parser.add_argument("--batch", type=positive_int, default=256)
+    parser.add_argument("--img-size", type=positive_int, default=224)
+    parser.add_argument("--steps", type=positive_int, default=30, help="timed steps (median)")
+    parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps before them")
+    parser.add_argument("--steps-per-epoch", type=positive_int, default=1251,
+                        help="steps that one Q-Ramping calibration is amortized over (ImageNet, 4 GPUs x 256)")
+    parser.add_argument("--calib-steps", type=positive_int, default=30, help="Q-Ramping calibration steps T0")
+    parser.add_argument("--no-kernels", action="store_true", help="skip the quantizer kernel table")
+    parser.add_argument("--profile", action="store_true", help="profile a tetrajet step of the first model")
+    parser.add_argument("--json", help="also write everything to this file")
+    parser.add_argument("--commit", help="commit to report (default: git rev-parse, else 'unknown')")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("bench.py needs a CUDA GPU (torch.cuda.is_available() is False); run it on the GPU machine")
+    result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                  commit=args.commit or git_commit(), date=datetime.datetime.now().isoformat(timespec="seconds"),
+                  args=vars(args), runs=[])
+    print(f"{result['device']} | torch {result['torch']} | triton {result['triton']} | commit {result['commit']} | "
+          f"{result['date']}")
+    for model_name in args.models:
+        runs = []
+        for method in args.methods:
+            runs.append(measure(model_name, method, args))
+            gc.collect()
+            torch.cuda.empty_cache()
+        rows = summarize(runs, args.batch, args.steps_per_epoch)
+        result["runs"] += rows
+        print(f"\n{MODELS[model_name]}: batch {args.batch}, {args.img_size}px, median of {args.steps} steps after "
+              f"{args.warmup} (CUDA events); Q-Ramping amortizes one {args.calib_steps}-step calibration per "
+              f"{args.steps_per_epoch} steps")
+        print(format_table(rows))
+    print(f"\nGPU-h 90ep: GPU-hours for {EPOCHS} ImageNet epochs ({IMAGENET_IMAGES} images, ceil(N / batch) steps) on "
+          f"one GPU at this step time (amortized for Q-Ramping); img/s likewise")
+    if args.profile:
+        result["profile"] = profile(args.models[0], args)
+        gc.collect()
+        torch.cuda.empty_cache()
+        p = result["profile"]
+        print(f"\nprofile, tetrajet {MODELS[p['model']]}: wall {p['wall_ms']:.1f} ms/step, GPU busy "
+              f"{p['gpu_busy_ms']:.1f} ms/step ({p['gpu_busy_ms'] / p['wall_ms']:.0%}): {p['bound']}")
+        for name, ms in p["kernels_ms"][:15]:
+            print(f"{ms:8.3f} ms  {name[:100]}")
+    if not args.no_kernels:
+        x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
+        result["kernels"] = kernel_rows(x)
+        result["kernels"] += dequant_rows(x, result["kernels"][0]["gbs"])
+        print(f"\nquantizer kernels on a {TOKENS}x384 bf16 tensor")
+        print(f"{'kernel':44s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s}")
+        for r in result["kernels"]:
+            print(f"{r['kernel']:44s} {r['ms']:8.4f} {r['gbs']:8.0f} {r['share']:8.0%}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
