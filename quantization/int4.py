@@ -57,7 +57,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from .amp import apply_linear_op
 from .tseng import padded_length, random_hadamard

@@ -17,6 +17,7 @@ ROUNDING_CODES = {"nearest": 0, "even": 1, "stochastic": 2, "ema": 3}
 # 1x32 tiles of 32 blocks x 32 elements with 4 warps; 32x1 bands of 32 rows x 64 columns with 2 warps.
 LAUNCH_1X32 = dict(groups=32, num_warps=4)
 LAUNCH_32X1 = dict(block_c=64, num_warps=2)
+LAUNCH_BOTH_LAYOUTS = dict(block_c=64, num_warps=4)
 
 
 @triton.jit
@@ -123,7 +124,7 @@ def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, 
 
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])  # a seed of 1 must not become a compile-time constant
-def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, seed0, seed1,
+def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed0, seed1,
                           GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr,
                           WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
@@ -148,15 +149,14 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (GROUPS, 16, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
-        half = tl.arange(0, 16)
-        pcol = col0[:, None] // 2 + half[None, :]
-        pmask = (row[:, None] < rows) & (2 * pcol < cols)
-        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pcol, byte, mask=pmask)
+        pcol = ((group % blocks_per_row) * 16)[:, None] + tl.arange(0, 16)[None, :]
+        pmask = (row[:, None] < rows) & (pcol < pstride)
+        tl.store(packed_ptr + row[:, None] * pstride + pcol, byte, mask=pmask)
         tl.store(scales_ptr + group, tl.max(scale, axis=1).to(tl.uint8), mask=row < rows)
 
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])
-def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, seed0, seed1,
+def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed0, seed1,
                           BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr,
                           WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
@@ -178,28 +178,15 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
         low_code, high_code = tl.split(tl.reshape(code, (32, BLOCK_C // 2, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
         pcol = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
-        pmask = (row[:, None] < rows) & (2 * pcol[None, :] < cols)
-        tl.store(packed_ptr + row[:, None] * ((cols + 1) // 2) + pcol[None, :], byte, mask=pmask)
+        pmask = (row[:, None] < rows) & (pcol[None, :] < pstride)
+        tl.store(packed_ptr + row[:, None] * pstride + pcol[None, :], byte, mask=pmask)
         tl.store(scales_ptr + tl.program_id(0) * cols + col, tl.max(scale, axis=0).to(tl.uint8), mask=col < cols)
 
 
 @triton.jit
-def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols,
-                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_BLOCKS: tl.constexpr,
-                       IS_BF16: tl.constexpr,
-                       MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
-                       SIGN_BIT: tl.constexpr):
-    """Packed codes + biased E8M0 scales -> values; ROW_BLOCKS selects the 32x1 scale layout."""
-    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (row[:, None] < rows) & (col[None, :] < cols)
-    byte = tl.load(packed_ptr + row[:, None] * ((cols + 1) // 2) + col[None, :] // 2, mask=mask, other=0)
-    code = (byte.to(tl.int32) >> ((col[None, :] % 2) * 4)) & 0xF
-    if ROW_BLOCKS:
-        scale_offs = (row[:, None] // 32) * cols + col[None, :]
-    else:
-        scale_offs = row[:, None] * tl.cdiv(cols, 32) + col[None, :] // 32
-    biased = tl.load(scales_ptr + scale_offs, mask=mask, other=0).to(tl.int32)
+def _decode(code, biased, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
+            SIGN_BIT: tl.constexpr):
+    """fp32 value of 4-bit codes (int32) under biased E8M0 exponents (int32, 255 = NaN block)."""
     magnitude = code & MAX_CODE
     field = magnitude >> MAN_BITS
     mant = magnitude & ((1 << MAN_BITS) - 1)
@@ -208,13 +195,110 @@ def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols,
     exponent = tl.where(normal, field - BIAS, EMIN) - MAN_BITS
     sign = tl.where((code & SIGN_BIT) != 0, -1.0, 1.0)
     value = significand * _pow2(exponent) * sign * _pow2(tl.minimum(biased, 254) - 127)
-    value = tl.where(biased == 255, float("nan"), value)
+    return tl.where(biased == 255, float("nan"), value)
+
+
+@triton.jit
+def _load_packed_band(packed_ptr, scales_ptr, row, byte_col, rows, pstride, scale_stride, ROW_BLOCKS: tl.constexpr,
+                      MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
+                      SIGN_BIT: tl.constexpr):
+    """Decode the bytes at (row, byte_col) of a packed tensor into fp32 values, element 2j (low nibble) and 2j+1
+    interleaved along the last axis. ROW_BLOCKS: scales of the 32x1 layout (else 1x32)."""
+    mask = (row < rows) & (byte_col < pstride)
+    byte = tl.load(packed_ptr + row * pstride + byte_col, mask=mask, other=0).to(tl.int32)
+    if ROW_BLOCKS:
+        low_offs = (row // 32) * scale_stride + 2 * byte_col
+        low_scale = tl.load(scales_ptr + low_offs, mask=mask, other=0).to(tl.int32)
+        high_scale = tl.load(scales_ptr + low_offs + 1, mask=mask & (2 * byte_col + 1 < scale_stride),
+                             other=0).to(tl.int32)
+    else:
+        low_scale = tl.load(scales_ptr + row * scale_stride + byte_col // 16, mask=mask, other=0).to(tl.int32)
+        high_scale = low_scale
+    low = _decode(byte & 0xF, low_scale, MAN_BITS, EMIN, BIAS, MAX_CODE, SIGN_BIT)
+    high = _decode(byte >> 4, high_scale, MAN_BITS, EMIN, BIAS, MAX_CODE, SIGN_BIT)
+    return tl.interleave(low, high)
+
+
+@triton.jit
+def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols, pstride, scale_stride,
+                       BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_BLOCKS: tl.constexpr,
+                       IS_BF16: tl.constexpr,
+                       MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
+                       SIGN_BIT: tl.constexpr):
+    """Packed codes + biased E8M0 scales -> values, BLOCK_R rows x BLOCK_C columns per program."""
+    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    byte_col = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+    value = _load_packed_band(packed_ptr, scales_ptr, row[:, None], byte_col[None, :], rows, pstride, scale_stride,
+                              ROW_BLOCKS, MAN_BITS, EMIN, BIAS, MAX_CODE, SIGN_BIT)
+    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     tl.store(y_ptr + row[:, None] * cols + col[None, :], _to_output(value, IS_BF16, y_ptr.dtype.element_ty),
-             mask=mask)
+             mask=(row[:, None] < rows) & (col[None, :] < cols))
+
+
+@triton.jit(do_not_specialize=["seed0", "seed1", "seed2", "seed3"])
+def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, cols, seed0, seed1, seed2, seed3,
+                                  BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr,
+                                  MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
+                                  MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
+                                  SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+    """One read, two quantizations: a band of 32 rows x BLOCK_C columns quantized in 1x32 blocks (to y_rows, seeds
+    0/1) and in 32x1 blocks (to y_cols, seeds 2/3). The backward pass's dY feeds Q3 and Q5 this way."""
+    row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
+    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C // 32)[:, None] * 32 + tl.arange(0, 32)[None, :]
+    row3 = row[:, None, None]
+    col3 = col[None, :, :]
+    mask = (row3 < rows) & (col3 < cols)
+    offs = row3 * cols + col3
+    x = _load_f32(x_ptr + offs, mask, IS_BF16)
+    ax = tl.abs(x)
+    bad = ((ax == float("inf")) | (x != x)).to(tl.int32)
+    _round_and_store(x, tl.max(ax, axis=2)[:, :, None], (tl.max(bad, axis=2) == 0)[:, :, None], offs, mask, x_ptr,
+                     y_rows_ptr, seed0, seed1, True, IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD,
+                     MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    _round_and_store(x, tl.max(ax, axis=0)[None, :, :], (tl.max(bad, axis=0) == 0)[None, :, :], offs, mask, x_ptr,
+                     y_cols_ptr, seed2, seed3, True, IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD,
+                     MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+
+
+@triton.jit(do_not_specialize=["seed0", "seed1"])
+def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols, pstride, scale_stride, seed0, seed1,
+                       BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr,
+                       IN_MAN_BITS: tl.constexpr, IN_EMIN: tl.constexpr, IN_BIAS: tl.constexpr,
+                       IN_MAX_CODE: tl.constexpr, IN_SIGN_BIT: tl.constexpr,
+                       MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
+                       MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
+                       SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+    """A tensor saved as 1x32 packed codes + scales, dequantized to y's dtype in registers and quantized again in
+    32x1 blocks (Q6 of Q1(X), Q4 of Q2(W)): a band of 32 rows x BLOCK_C columns per program."""
+    row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
+    byte_col = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+    x = _load_packed_band(packed_ptr, scales_ptr, row[:, None], byte_col[None, :], rows, pstride, scale_stride,
+                          False, IN_MAN_BITS, IN_EMIN, IN_BIAS, IN_MAX_CODE, IN_SIGN_BIT)
+    if not IS_BF16:  # the saved tensor's own rounding (fp16); bf16 and fp32 hold every dequantized value exactly
+        x = x.to(y_ptr.dtype.element_ty).to(tl.float32)
+    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (row[:, None] < rows) & (col[None, :] < cols)
+    offs = row[:, None] * cols + col[None, :]
+    ax = tl.abs(x)
+    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=0) == 0
+    _round_and_store(x, tl.max(ax, axis=0)[None, :], finite[None, :], offs, mask, y_ptr, y_ptr, seed0, seed1, True,
+                     IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
 
 
 def _format_args(fmt: ElementFormat) -> dict:
     return dict(MAN_BITS=fmt.man_bits, EMIN=fmt.emin, MAX_CODE=fmt.max_code, SIGN_BIT=1 << (fmt.bits - 1))
+
+
+def _quantizer_args(fmt: ElementFormat, scale_rule: str, rounding: str) -> dict:
+    """The compile-time arguments of the quantizing kernels."""
+    return dict(EMAX=fmt.emax, MAX_VALUE=fmt.max_value, MAX_MANT_FIELD=fmt.max_mantissa_field,
+                RCEIL=scale_rule == "rceil", ROUNDING=ROUNDING_CODES[rounding], **_format_args(fmt))
+
+
+def _decode_args(fmt: ElementFormat, prefix: str = "") -> dict:
+    """The compile-time arguments of ``_decode`` (``prefix`` names the input format of the requantize kernel)."""
+    args = dict(_format_args(fmt), BIAS=fmt.bias)
+    return {prefix + key: value for key, value in args.items()}
 
 
 def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: str, rounding: str, *,
@@ -225,7 +309,8 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
     rows, cols = x2d.shape
     device = x2d.device
     y = torch.empty_like(x2d) if want_values else x2d
-    packed = torch.empty((rows, (cols + 1) // 2), dtype=torch.uint8, device=device) if want_packed else x2d
+    pstride = (cols + 1) // 2
+    packed = torch.empty((rows, pstride), dtype=torch.uint8, device=device) if want_packed else x2d
     if layout == "1x32":
         scales_shape = (rows, triton.cdiv(cols, BLOCK_SIZE))
     else:
@@ -233,21 +318,52 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
     scales = torch.empty(scales_shape, dtype=torch.uint8, device=device) if want_packed else x2d
     ema = ema2d if ema2d is not None else x2d
     common = dict(WRITE_Y=want_values, IS_BF16=x2d.dtype == torch.bfloat16, WRITE_PACKED=want_packed,
-                  EMAX=fmt.emax, MAX_VALUE=fmt.max_value, MAX_MANT_FIELD=fmt.max_mantissa_field,
-                  RCEIL=scale_rule == "rceil", ROUNDING=ROUNDING_CODES[rounding], **_format_args(fmt))
+                  **_quantizer_args(fmt, scale_rule, rounding))
     if rows * cols > 0:
         if layout == "1x32":
             cfg = launch or LAUNCH_1X32
             n_groups = rows * triton.cdiv(cols, BLOCK_SIZE)
             grid = (triton.cdiv(n_groups, cfg["groups"]),)
-            _quantize_1x32_kernel[grid](x2d, ema, y, packed, scales, rows, cols, seed[0], seed[1],
+            _quantize_1x32_kernel[grid](x2d, ema, y, packed, scales, rows, cols, pstride, seed[0], seed[1],
                                         GROUPS=cfg["groups"], num_warps=cfg["num_warps"], **common)
         else:
             cfg = launch or LAUNCH_32X1
             grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
-            _quantize_32x1_kernel[grid](x2d, ema, y, packed, scales, rows, cols, seed[0], seed[1],
+            _quantize_32x1_kernel[grid](x2d, ema, y, packed, scales, rows, cols, pstride, seed[0], seed[1],
                                         BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], **common)
     return (y if want_values else None), (packed if want_packed else None), (scales if want_packed else None)
+
+
+def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: ElementFormat, scale_rule: str, rounding: str, *,
+                             seeds: tuple[tuple[int, int], tuple[int, int]],
+                             launch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values of x2d quantized in 1x32 blocks (seed ``seeds[0]``) and in 32x1 blocks (``seeds[1]``), from one read.
+    Not for "ema" rounding."""
+    rows, cols = x2d.shape
+    y_rows, y_cols = torch.empty_like(x2d), torch.empty_like(x2d)
+    if rows * cols > 0:
+        cfg = launch or LAUNCH_BOTH_LAYOUTS
+        grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
+        (s0, s1), (s2, s3) = seeds
+        _quantize_both_layouts_kernel[grid](x2d, y_rows, y_cols, rows, cols, s0, s1, s2, s3, BLOCK_C=cfg["block_c"],
+                                            num_warps=cfg["num_warps"], IS_BF16=x2d.dtype == torch.bfloat16,
+                                            **_quantizer_args(fmt, scale_rule, rounding))
+    return y_rows, y_cols
+
+
+def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: ElementFormat, rows: int, cols: int,
+                  dtype: torch.dtype, fmt: ElementFormat, scale_rule: str, rounding: str, *, seed: tuple[int, int],
+                  launch: dict | None = None) -> torch.Tensor:
+    """A 1x32-packed tensor, dequantized to ``dtype`` and quantized again in 32x1 blocks, in one pass (values of
+    ``dtype``). Not for "ema" rounding."""
+    y = torch.empty((rows, cols), dtype=dtype, device=packed.device)
+    if rows * cols > 0:
+        cfg = launch or LAUNCH_32X1
+        grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
+        _requantize_kernel[grid](packed, scales, y, rows, cols, packed.shape[1], scales.shape[1], seed[0], seed[1],
+                                 BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], IS_BF16=dtype == torch.bfloat16,
+                                 **_decode_args(packed_fmt, "IN_"), **_quantizer_args(fmt, scale_rule, rounding))
+    return y
 
 
 def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, fmt: ElementFormat, layout: str, rows: int,
@@ -256,7 +372,7 @@ def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, fmt: ElementFormat
     y = torch.empty((rows, cols), dtype=dtype, device=packed.device)
     if rows * cols > 0:
         grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
-        _dequantize_kernel[grid](packed, scales, y, rows, cols, BLOCK_R=block_r, BLOCK_C=block_c,
-                                 ROW_BLOCKS=layout == "32x1", IS_BF16=dtype == torch.bfloat16, BIAS=fmt.bias,
-                                 **_format_args(fmt))
+        _dequantize_kernel[grid](packed, scales, y, rows, cols, packed.shape[1], scales.shape[1], BLOCK_R=block_r,
+                                 BLOCK_C=block_c, ROW_BLOCKS=layout == "32x1", IS_BF16=dtype == torch.bfloat16,
+                                 **_decode_args(fmt))
     return y

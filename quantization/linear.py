@@ -6,11 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .amp import autocast_operands
-from .formats import get_format
 from .freeze import FreezeState
-from .ops import quantize_2d
-from .recipes import ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
-from .reference import dequantize_2d as _reference_dequantize
+from .ops import MXTensor, dequantize, draw_seed, quantize_2d, quantize_both_layouts_2d, requantize_2d
+from .recipes import BACKWARD_ROLES, ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
 from .int4 import int4_linear
 from .tseng import tseng_linear
 from .wang import wang_linear
@@ -19,7 +17,7 @@ QEMA_WARMUP_UPDATES = 10
 
 
 def _quantize(t2d: torch.Tensor, config: QuantizerConfig | None, role: str, *, want_packed: bool = False,
-              ema2d: torch.Tensor | None = None):
+              ema2d: torch.Tensor | None = None, seed: tuple[int, int] | None = None):
     """Apply one recipe quantizer to a 2-D tensor; returns (values, packed, scales). None config = pass through."""
     if config is None:
         return t2d, None, None
@@ -27,19 +25,39 @@ def _quantize(t2d: torch.Tensor, config: QuantizerConfig | None, role: str, *, w
     if rounding == "ema" and ema2d is None:
         rounding = "nearest"  # Q-EMA before its warm-up has finished
     return quantize_2d(t2d, ROLE_LAYOUTS[role], config.fmt, config.scale_rule, rounding, ema2d=ema2d,
-                       want_packed=want_packed)
+                       want_packed=want_packed, seed=seed)
 
 
-def _unpack(packed: torch.Tensor, scales: torch.Tensor, config: QuantizerConfig, role: str, rows: int, cols: int,
-            dtype: torch.dtype) -> torch.Tensor:
-    """Values of a tensor saved in compact form by the forward pass (exactly the forward's quantized values)."""
-    fmt = get_format(config.fmt)
-    layout = ROLE_LAYOUTS[role]
-    if packed.is_cuda:
-        from . import kernels
+def _backward_seeds(recipe: Recipe, need_dx: bool, need_dw: bool) -> dict[str, tuple[int, int]]:
+    """Seeds of the stochastic backward quantizers that will run, drawn in the order Q3, Q4, Q5, Q6."""
+    needed = {"q3": need_dx, "q4": need_dx, "q5": need_dw, "q6": need_dw}
+    return {role: draw_seed() for role in BACKWARD_ROLES
+            if needed[role] and getattr(recipe, role) is not None and getattr(recipe, role).rounding == "stochastic"}
 
-        return kernels.dequantize_2d(packed, scales, fmt, layout, rows, cols, dtype)
-    return _reference_dequantize(packed, scales, fmt, layout, rows, cols).to(dtype)
+
+def _quantize_grad_output(dy: torch.Tensor, recipe: Recipe, need_dx: bool, need_dw: bool,
+                          seeds: dict[str, tuple[int, int]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Q3(dY) (1x32) and Q5(dY) (32x1), None where not needed; one read of dY when both use the same quantizer."""
+    q3, q5 = recipe.q3, recipe.q5
+    if need_dx and need_dw and q3 is not None and q3 == q5 and q3.rounding != "ema":
+        return quantize_both_layouts_2d(dy, q3.fmt, q3.scale_rule, q3.rounding,
+                                        seeds=(seeds.get("q3"), seeds.get("q5")))
+    g3 = _quantize(dy, q3, "q3", seed=seeds.get("q3"))[0] if need_dx else None
+    g5 = _quantize(dy, q5, "q5", seed=seeds.get("q5"))[0] if need_dw else None
+    return g3, g5
+
+
+def _backward_operand(saved: torch.Tensor, scales: torch.Tensor | None, packed_config: QuantizerConfig | None,
+                      config: QuantizerConfig | None, role: str, shape: tuple[int, int], dtype: torch.dtype,
+                      seed: tuple[int, int] | None) -> torch.Tensor:
+    """Q4(W') or Q6(X'): the saved operand (full precision, or the forward's 1x32 packed Q2(W) / Q1(X)) quantized
+    by ``config`` in 32x1 blocks; packed operands are dequantized and requantized in one pass."""
+    if scales is None:
+        return _quantize(saved.contiguous(), config, role, seed=seed)[0]
+    mx = MXTensor(saved, scales, torch.Size(shape), dtype, "1x32", packed_config.fmt)
+    if config is None or config.rounding == "ema":
+        return _quantize(dequantize(mx), config, role, seed=seed)[0]
+    return requantize_2d(mx, config.fmt, config.scale_rule, config.rounding, seed=seed)
 
 
 class MXLinearFunction(torch.autograd.Function):
@@ -74,21 +92,21 @@ class MXLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         recipe: Recipe = ctx.recipe
-        x_a, x_b, w_a, w_b = ctx.saved_tensors
+        x_saved, x_scales, w_saved, w_scales = ctx.saved_tensors
         out_features = grad_out.shape[-1]
         dy = grad_out.reshape(-1, out_features).contiguous()
         rows, in_features = dy.shape[0], ctx.x_shape[-1]
+        need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        seeds = _backward_seeds(recipe, need_dx, need_dw)
+        g3, g5 = _quantize_grad_output(dy, recipe, need_dx, need_dw, seeds)
         grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            g3, _, _ = _quantize(dy, recipe.q3, "q3")
-            w_src = (_unpack(w_a, w_b, recipe.q2, "q2", out_features, in_features, ctx.w_dtype)
-                     if ctx.pack_w else w_a)
-            w4, _, _ = _quantize(w_src.contiguous(), recipe.q4, "q4")
+        if need_dx:
+            w4 = _backward_operand(w_saved, w_scales, recipe.q2, recipe.q4, "q4", (out_features, in_features),
+                                   ctx.w_dtype, seeds.get("q4"))
             grad_x = (g3 @ w4.to(g3.dtype)).view(ctx.x_shape)
-        if ctx.needs_input_grad[1]:
-            g5, _, _ = _quantize(dy, recipe.q5, "q5")
-            x_src = _unpack(x_a, x_b, recipe.q1, "q1", rows, in_features, ctx.x_dtype) if ctx.pack_x else x_a
-            x6, _, _ = _quantize(x_src, recipe.q6, "q6")
+        if need_dw:
+            x6 = _backward_operand(x_saved, x_scales, recipe.q1, recipe.q6, "q6", (rows, in_features), ctx.x_dtype,
+                                   seeds.get("q6"))
             grad_w = g5.t() @ x6.to(g5.dtype)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = dy.sum(0)

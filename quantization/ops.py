@@ -90,6 +90,47 @@ def quantize_2d(x2d: torch.Tensor, layout: str, fmt: str, scale_rule: str, round
     return values, packed, (scales if want_packed else None)
 
 
+def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: str, scale_rule: str, rounding: str, *,
+                             seeds: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None),
+                             backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Values of a contiguous 2-D tensor quantized in 1x32 blocks and in 32x1 blocks (one read on the GPU): the
+    backward pass's Q3 and Q5 of dY. Seeds default to two draws, in that order; "ema" rounding is not supported."""
+    if rounding == "ema":
+        raise ValueError("quantize_both_layouts_2d does not take rounding='ema' (it needs a per-call EMA tensor)")
+    if rounding == "stochastic":
+        seeds = tuple(seed or draw_seed() for seed in seeds)
+    seeds = tuple(seed or (0, 0) for seed in seeds)
+    if _resolve_backend(backend, x2d) == "triton":
+        from . import kernels
+
+        return kernels.quantize_both_layouts_2d(x2d, get_format(fmt), scale_rule, rounding, seeds=seeds)
+    rows_values, _, _ = quantize_2d(x2d, "1x32", fmt, scale_rule, rounding, backend="torch", seed=seeds[0])
+    cols_values, _, _ = quantize_2d(x2d, "32x1", fmt, scale_rule, rounding, backend="torch", seed=seeds[1])
+    return rows_values, cols_values
+
+
+def requantize_2d(mx: MXTensor, fmt: str, scale_rule: str, rounding: str, *, seed: tuple[int, int] | None = None,
+                  backend: str = "auto") -> torch.Tensor:
+    """Values of a 1x32-packed MXTensor (2-D), dequantized to its dtype and quantized again in 32x1 blocks: the
+    backward pass's Q6 of the saved Q1(X) and Q4 of the saved Q2(W), one pass on the GPU. No "ema" rounding."""
+    if mx.layout != "1x32":
+        raise ValueError(f"requantize_2d reads the 1x32 packed layout, got {mx.layout!r}")
+    if rounding == "ema":
+        raise ValueError("requantize_2d does not take rounding='ema' (it needs a per-call EMA tensor)")
+    if rounding == "stochastic" and seed is None:
+        seed = draw_seed()
+    seed = seed or (0, 0)
+    rows, cols = mx.rows_cols
+    if _resolve_backend(backend, mx.packed) == "triton":
+        from . import kernels
+
+        return kernels.requantize_2d(mx.packed, mx.scales, get_format(mx.fmt), rows, cols, mx.dtype,
+                                     get_format(fmt), scale_rule, rounding, seed=seed)
+    values = reference.dequantize_2d(mx.packed, mx.scales, get_format(mx.fmt), "1x32", rows, cols).to(mx.dtype)
+    requantized, _, _ = quantize_2d(values, "32x1", fmt, scale_rule, rounding, backend="torch", seed=seed)
+    return requantized
+
+
 def _validate(x: torch.Tensor, layout: str, fmt: str, scale_rule: str, rounding: str,
               ema: torch.Tensor | None) -> None:
     if not isinstance(x, torch.Tensor):

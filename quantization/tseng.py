@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from .amp import apply_linear_op
-from .formats import BLOCK_SIZE, get_format
+from .formats import get_format
 from .ops import draw_seed
 from .reference import _blocked, _unblocked, pow2, round_scaled, shared_exponent, uniform_from_index
 

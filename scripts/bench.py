@@ -37,7 +37,7 @@ from torch import nn
 sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.join(os.path.dirname(__file__), "..")]
 
 from bench_qramping import HYPER, block_weights, realistic_periods  # noqa: E402
-from bench_quant import TOKENS, dequant_rows, kernel_rows  # noqa: E402
+from bench_quant import TOKENS, dequant_rows, fused_rows, kernel_rows  # noqa: E402
 from models import PAPER_MODELS, build_model  # noqa: E402
 from quantization import QRampingAdamW, QRampingCalibrator, attach_qema, get_recipe  # noqa: E402
 from quantization.ema import qema_layers  # noqa: E402
@@ -278,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not args.no_kernels:
         x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
         result["kernels"] = kernel_rows(x)
-        result["kernels"] += dequant_rows(x, result["kernels"][0]["gbs"])
+        copy_gbs = result["kernels"][0]["gbs"]
+        result["kernels"] += dequant_rows(x, copy_gbs) + fused_rows(x, copy_gbs)
         print(f"\nquantizer kernels on a {TOKENS}x384 bf16 tensor")
         print(f"{'kernel':44s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s}")
         for r in result["kernels"]:

@@ -52,6 +52,26 @@ def kernel_rows(x: torch.Tensor) -> list[dict]:
     return rows
 
 
+def fused_rows(x: torch.Tensor, copy_gbs: float) -> list[dict]:
+    """The backward pass's fused kernels: dY into both layouts from one read (Q3 + Q5), and a 1x32-packed tensor
+    requantized in 32x1 blocks (Q6 of Q1(X))."""
+    fmt = get_format("e2m1")
+    n, size = x.numel(), x.element_size()
+    _, packed, scales = kernels.quantize_2d(x, fmt, "1x32", "rceil", "nearest", ema2d=None, seed=(1, 2),
+                                            want_values=False, want_packed=True)
+    rows = []
+    for rounding in ("nearest", "stochastic"):
+        ms = bench_ms(lambda: kernels.quantize_both_layouts_2d(x, fmt, "rceil", rounding, seeds=((1, 2), (3, 4))))
+        gbs = 3 * n * size / ms / 1e6
+        rows.append(dict(kernel=f"quantize both layouts {rounding} -> 2x values", ms=ms, gbs=gbs,
+                         share=gbs / copy_gbs))
+        ms = bench_ms(lambda: kernels.requantize_2d(packed, scales, fmt, *x.shape, x.dtype, fmt, "rceil", rounding,
+                                                    seed=(1, 2)))
+        gbs = (n // 2 + n // 32 + n * size) / ms / 1e6
+        rows.append(dict(kernel=f"requantize 1x32 packed -> 32x1 {rounding}", ms=ms, gbs=gbs, share=gbs / copy_gbs))
+    return rows
+
+
 def linear_rows() -> list[dict]:
     """QLinear (tetrajet, microscaling) fwd+bwd time against BF16 nn.Linear, per DeiT-S shape and in total."""
     rows, totals = [], {}
@@ -153,15 +173,32 @@ def host_overhead_us() -> dict[str, float]:
 
 
 def sweep(x: torch.Tensor) -> list[dict]:
-    """Tile-size sweep for both layouts (nearest, values+packed), to pick the launch defaults."""
+    """Tile-size sweep of every kernel the training step runs, to pick the launch defaults: 1x32 and 32x1 nearest
+    values+packed (Q1/Q2 forward) and stochastic values; both layouts stochastic (Q3+Q5); requantize stochastic."""
     fmt = get_format("e2m1")
     n = x.numel()
+    _, packed, scales = kernels.quantize_2d(x, fmt, "1x32", "rceil", "nearest", ema2d=None, seed=(1, 2),
+                                            want_values=False, want_packed=True)
+    cases = {
+        "nearest values+packed": (lambda layout, launch: kernels.quantize_2d(
+            x, fmt, layout, "rceil", "nearest", ema2d=None, seed=(1, 2), want_values=True, want_packed=True,
+            launch=launch), n * 4.5 + n / 32),
+        "stochastic values": (lambda layout, launch: kernels.quantize_2d(
+            x, fmt, layout, "rceil", "stochastic", ema2d=None, seed=(1, 2), want_values=True, want_packed=False,
+            launch=launch), n * 4),
+        "both layouts stochastic": (lambda layout, launch: kernels.quantize_both_layouts_2d(
+            x, fmt, "rceil", "stochastic", seeds=((1, 2), (3, 4)), launch=launch), n * 6),
+        "requantize stochastic": (lambda layout, launch: kernels.requantize_2d(
+            packed, scales, fmt, *x.shape, x.dtype, fmt, "rceil", "stochastic", seed=(1, 2), launch=launch),
+            n * 2.5 + n / 32),
+    }
     out = []
-    for layout, tile, warps in itertools.product(("1x32", "32x1"), (32, 64, 128, 256), (2, 4, 8)):
-        launch = dict(num_warps=warps, **({"groups": tile} if layout == "1x32" else {"block_c": tile}))
-        ms = bench_ms(lambda: kernels.quantize_2d(x, fmt, layout, "rceil", "nearest", ema2d=None, seed=(1, 2),
-                                                  want_values=True, want_packed=True, launch=launch))
-        out.append(dict(layout=layout, tile=tile, warps=warps, ms=ms, gbs=(n * 4.5 + n / 32) / ms / 1e6))
+    for case, (fn, nbytes) in cases.items():
+        layouts = ("1x32", "32x1") if case in ("nearest values+packed", "stochastic values") else ("32x1",)
+        for layout, tile, warps in itertools.product(layouts, (32, 64, 128), (2, 4, 8)):
+            launch = dict(num_warps=warps, **({"groups": tile} if layout == "1x32" else {"block_c": tile}))
+            ms = bench_ms(lambda: fn(layout, launch))
+            out.append(dict(case=case, layout=layout, tile=tile, warps=warps, ms=ms, gbs=nbytes / ms / 1e6))
     return out
 
 
@@ -176,7 +213,7 @@ def main() -> None:
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit or 'unknown'}")
     x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
     result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": kernel_rows(x)}
-    result["kernels"] += dequant_rows(x, result["kernels"][0]["gbs"])
+    result["kernels"] += dequant_rows(x, result["kernels"][0]["gbs"]) + fused_rows(x, result["kernels"][0]["gbs"])
     print(f"\nquantizer kernels on a {TOKENS}x384 bf16 tensor")
     print(f"{'kernel':44s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s}")
     for r in result["kernels"]:
@@ -197,9 +234,12 @@ def main() -> None:
         print(f"{ms:8.4f}  {name}")
     if args.sweep:
         result["sweep"] = sweep(x)
-        print("\ntile sweep (nearest, values+packed)")
-        for r in sorted(result["sweep"], key=lambda r: (r["layout"], r["ms"])):
-            print(f"{r['layout']} tile {r['tile']:4d} warps {r['warps']} {r['ms']:.4f} ms {r['gbs']:.0f} GB/s")
+        print("\ntile sweep: the best five per kernel")
+        ranked = sorted(result["sweep"], key=lambda r: (r["case"], r["layout"], r["ms"]))
+        for key, group in itertools.groupby(ranked, key=lambda r: (r["case"], r["layout"])):
+            for r in list(group)[:5]:
+                print(f"{key[0]:24s} {key[1]} tile {r['tile']:4d} warps {r['warps']} {r['ms']:.4f} ms "
+                      f"{r['gbs']:.0f} GB/s")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

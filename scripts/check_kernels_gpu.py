@@ -1,5 +1,6 @@
 """GPU check: compiled Triton kernels against the PyTorch reference, bit for bit, on >= 10^7-element tensors for every
-mode, plus the statistical stochastic-rounding check and QLinear on CUDA against the CPU reference composition.
+mode (the backward pass's fused kernels included), plus the statistical stochastic-rounding check and QLinear on CUDA
+against the CPU reference composition.
 
 Usage (on a CUDA machine): python scripts/check_kernels_gpu.py [--elements 10000000]
 Prints one line per check and exits non-zero if any fails.
@@ -20,6 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from quant_helpers import assert_bitwise_equal, edge_matrix  # noqa: E402
 
 from quantization import FORMATS, QLinear, dequantize, get_recipe, quantize, quantize_packed  # noqa: E402
+from quantization.ops import quantize_both_layouts_2d, requantize_2d  # noqa: E402
 from quantization.recipes import ROLE_LAYOUTS  # noqa: E402
 
 
@@ -76,6 +78,21 @@ def kernel_vs_reference(n: int, layout: str, fmt: str, rule: str, rounding: str,
     gpu = quantize(x[part], layout, fmt, rule, rounding, None if ema is None else ema[part], backend="triton")
     if rounding != "stochastic":  # stochastic draws depend on the flat index, which the slice keeps only for 1x32
         assert_bitwise_equal(cpu, gpu.cpu())
+
+
+def fused_vs_reference(n: int, fmt: str, rule: str, rounding: str, dtype: torch.dtype) -> None:
+    """Both-layouts quantization (Q3 + Q5) and 1x32-packed -> 32x1 requantization (Q6, Q4), kernel vs reference,
+    on inputs with the edge blocks along the rows and down the columns."""
+    for edges in ("1x32", "32x1"):
+        x = big_input(n, fmt, dtype, edges)
+        seeds = ((3, 2**31 - 2), (1, 1))
+        ref = quantize_both_layouts_2d(x, fmt, rule, rounding, seeds=seeds, backend="torch")
+        ker = quantize_both_layouts_2d(x, fmt, rule, rounding, seeds=seeds, backend="triton")
+        for a, b in zip(ref, ker):
+            assert_bitwise_equal(a, b)
+        mx = quantize_packed(x, "1x32", "e2m1", "rceil", "nearest", backend="triton")
+        assert_bitwise_equal(requantize_2d(mx, fmt, rule, rounding, seed=seeds[0], backend="torch"),
+                             requantize_2d(mx, fmt, rule, rounding, seed=seeds[0], backend="triton"))
 
 
 def stochastic_statistics(layout: str, dtype: torch.dtype) -> None:
@@ -143,10 +160,15 @@ def main() -> int:
     for layout, fmt, rule, rounding, dtype in modes:
         name = f"exact {layout} {fmt} {rule} {rounding} {str(dtype)[6:]}"
         check(name, lambda: kernel_vs_reference(args.elements, layout, fmt, rule, rounding, dtype), results)
+    fused_modes = itertools.product(("e2m1", "e3m0"), ("rceil", "floor"), ("nearest", "even", "stochastic"),
+                                    (torch.bfloat16, torch.float32, torch.float16))
+    for fmt, rule, rounding, dtype in fused_modes:
+        check(f"exact fused {fmt} {rule} {rounding} {str(dtype)[6:]}",
+              lambda: fused_vs_reference(args.elements, fmt, rule, rounding, dtype), results)
     for layout, dtype in itertools.product(("1x32", "32x1"), (torch.bfloat16, torch.float32)):
         check(f"stochastic statistics {layout} {str(dtype)[6:]}", lambda: stochastic_statistics(layout, dtype),
               results)
-    for recipe in ("tetrajet", "microscaling"):
+    for recipe in ("tetrajet", "microscaling", "tetrajet_qema", "table7_e3m0_e2m1"):
         check(f"QLinear cuda vs cpu {recipe}", lambda: qlinear_cuda_vs_cpu(recipe), results)
     failed = [r for r in results if r[1] != "ok"]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")

@@ -1,0 +1,101 @@
+"""The backward pass's fused kernels against the reference, bit for bit: dY quantized in both layouts from one read
+(Q3 + Q5) and a 1x32-packed tensor requantized in 32x1 blocks (Q6 of Q1(X), Q4 of Q2(W))."""
+import itertools
+
+import pytest
+import torch
+
+from quantization import FORMATS, dequantize, quantize, quantize_packed
+from quantization.ops import quantize_2d, quantize_both_layouts_2d, requantize_2d
+
+from quant_helpers import assert_bitwise_equal, edge_matrix
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on NaN blocks
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _edges_both_ways(fmt: str, dtype: torch.dtype) -> torch.Tensor:
+    """Edge-case blocks along the rows (top left) and down the columns (bottom right), with tails both ways."""
+    a = edge_matrix(FORMATS[fmt].max_value, torch.float32)
+    rows, cols = a.shape
+    x = torch.zeros(rows + cols, cols + rows)
+    x[:rows, :cols] = a
+    x[rows:, cols:] = a.t()
+    x[rows:, :cols] = torch.randn(cols, cols)
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("fmt,scale_rule,rounding",
+                         list(itertools.product(("e2m1", "e3m0"), ("rceil", "floor"), ("nearest", "even", "stochastic"))))
+def test_both_layouts_match_two_reference_quantizers(fmt, scale_rule, rounding, dtype):
+    x = _edges_both_ways(fmt, dtype)
+    seeds = ((11, 2**31 - 2), (1, 1))
+    got = quantize_both_layouts_2d(x, fmt, scale_rule, rounding, seeds=seeds, backend="triton")
+    for layout, seed, values in zip(("1x32", "32x1"), seeds, got):
+        assert_bitwise_equal(values, quantize_2d(x, layout, fmt, scale_rule, rounding, seed=seed, backend="torch")[0])
+
+
+def test_both_layouts_draw_seeds_in_order_and_backends_agree():
+    x = torch.randn(70, 100, dtype=torch.bfloat16)
+    outs = []
+    for backend in ("torch", "triton"):
+        torch.manual_seed(5)
+        outs.append(quantize_both_layouts_2d(x, "e2m1", "rceil", "stochastic", backend=backend))
+    for a, b in zip(*outs):
+        assert_bitwise_equal(a, b)
+    torch.manual_seed(5)
+    first, second = quantize(x, "1x32", rounding="stochastic"), quantize(x, "32x1", rounding="stochastic")
+    assert_bitwise_equal(outs[0][0], first)
+    assert_bitwise_equal(outs[0][1], second)
+
+
+def test_both_layouts_rejects_ema():
+    with pytest.raises(ValueError, match="ema"):
+        quantize_both_layouts_2d(torch.ones(4, 4), "e2m1", "rceil", "ema")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("packed_fmt,fmt,scale_rule,rounding",
+                         [("e2m1", "e2m1", "rceil", "nearest"), ("e2m1", "e2m1", "rceil", "stochastic"),
+                          ("e2m1", "e2m1", "floor", "even"), ("e3m0", "e2m1", "rceil", "stochastic"),
+                          ("e2m1", "e3m0", "floor", "nearest")])
+def test_requantize_matches_dequantize_then_quantize(packed_fmt, fmt, scale_rule, rounding, dtype):
+    x = _edges_both_ways(packed_fmt, dtype)
+    mx = quantize_packed(x, "1x32", packed_fmt, "rceil", "nearest", backend="torch")
+    seed = (7, 2**31 - 2)
+    got = requantize_2d(mx, fmt, scale_rule, rounding, seed=seed, backend="triton")
+    want = quantize_2d(dequantize(mx, backend="torch"), "32x1", fmt, scale_rule, rounding, seed=seed,
+                       backend="torch")[0]
+    assert_bitwise_equal(got, want)
+    assert_bitwise_equal(requantize_2d(mx, fmt, scale_rule, rounding, seed=seed, backend="torch"), want)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (33, 70), (5, 3), (64, 31)])
+def test_requantize_and_both_layouts_any_size(shape):
+    x = torch.randn(shape, dtype=torch.bfloat16) * 3
+    mx = quantize_packed(x, "1x32")
+    assert_bitwise_equal(requantize_2d(mx, "e2m1", "rceil", "nearest", backend="triton"),
+                         quantize(dequantize(mx), "32x1", backend="torch"))
+    rows_v, cols_v = quantize_both_layouts_2d(x, "e2m1", "rceil", "nearest", backend="triton")
+    assert_bitwise_equal(rows_v, quantize(x, "1x32", backend="torch"))
+    assert_bitwise_equal(cols_v, quantize(x, "32x1", backend="torch"))
+
+
+def test_requantize_rejects_other_layouts_and_ema():
+    mx = quantize_packed(torch.randn(32, 32), "32x1")
+    with pytest.raises(ValueError, match="1x32"):
+        requantize_2d(mx, "e2m1", "rceil", "nearest")
+    with pytest.raises(ValueError, match="ema"):
+        requantize_2d(quantize_packed(torch.randn(32, 32)), "e2m1", "rceil", "ema")
+
+
+def test_requantize_keeps_the_saved_dtypes_rounding():
+    # fp16: 60000 rounds up to 4 * 2^14 = 65536, which the saved fp16 tensor holds as inf (a NaN block after Q6)
+    x = torch.randn(64, 64, dtype=torch.float16)
+    x[3, :8] = 60000.0
+    mx = quantize_packed(x, "1x32")
+    want = quantize(dequantize(mx), "32x1", backend="torch")
+    assert torch.isnan(want[:32, :8]).all()
+    assert_bitwise_equal(requantize_2d(mx, "e2m1", "rceil", "nearest", backend="triton"), want)
