@@ -11,10 +11,11 @@ What is implemented (``wang_linear``):
   whole tensor (one threshold per tensor, all leading dims flattened; not per token), Xc = clamp(X, -t, t), and
   Y = Q(Xc) Q(W)^T + (X - Xc) Q(W)^T + b, the residual product computed in the input's precision (fp32, or the
   autocast dtype the caller cast to). With ``outlier_residual=False`` the residual term is dropped (clamp only).
-  The quantile is exact (``torch.quantile``'s 'linear' interpolation), computed with two ``kthvalue`` calls on the
-  flattened |X| because ``torch.quantile`` has refused inputs above 2^24 elements (in many torch versions); no
-  sampling. ``outlier_quantile=1``
-  disables clamping.
+  The quantile is exact, bit for bit ``torch.quantile``'s 'linear' interpolation (NaN inputs aside: see
+  ``outlier_threshold``), but computed without sorting: a two-pass radix select on the fp32 bit patterns of |X|
+  (``torch.bincount`` histograms of the high and then the low 16 bits), O(n) in wide GPU ops, no size limit
+  (``torch.quantile`` has refused inputs above 2^24 elements in many torch versions, and CUDA ``kthvalue`` on one
+  huge row runs in essentially one thread block); no sampling. ``outlier_quantile=1`` disables clamping.
 * Backward GEMMs in high precision (the dtype of the forward operands: fp32, or BF16 under the caller's autocast).
   Wang et al. quantize the forward GEMMs to FP4 and keep the gradients of the backward pass in higher precision
   (their framework uses FP8 for them; this project has no FP8 simulation, so we simply leave them unquantized).
@@ -42,6 +43,7 @@ Choices not pinned by PAPER.md / simplifications:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -125,21 +127,74 @@ def dge_derivative(w_scaled: torch.Tensor, grid, k: float = 5.0, clamp: float = 
     return ((1.0 / k) * u.pow(1.0 / k - 1.0)).clamp(max=clamp)
 
 
-def outlier_threshold(x: torch.Tensor, q: float) -> torch.Tensor:
-    """The q-quantile of |x| over all elements (torch.quantile's 'linear' interpolation), as a 0-d float32 tensor.
+_HIGH_BINS = 1 << 15  # bits 16..30 of a float32 with the sign bit clear
+_LOW_BINS = 1 << 16   # bits 0..15
 
-    Exact for any size: two kthvalue calls instead of torch.quantile (which has refused > 2^24 elements)."""
-    a = x.detach().abs().float().reshape(-1)
-    n = a.numel()
-    pos = q * (n - 1)
-    lo = int(pos)
-    hi = min(lo + 1, n - 1)
-    frac = pos - lo
-    v_lo = a.kthvalue(lo + 1).values
-    if frac == 0.0 or hi == lo:
-        return v_lo
-    v_hi = a.kthvalue(hi + 1).values
-    return v_lo + frac * (v_hi - v_lo)
+
+def _two_order_statistics(bits: torch.Tensor, k_lo: int, k_hi: int) -> torch.Tensor:
+    """The k_lo-th and k_hi-th smallest (0-based, k_hi in {k_lo, k_lo + 1}) of ``bits``, as an int32 tensor (2,).
+
+    ``bits``: 1-D int32, the bit patterns of non-negative float32 values (sign bit clear), so integer order is value
+    order (+0 < subnormals < normals < +inf < NaN patterns). Radix select: pass 1 histograms the high 16 bits
+    (15 of them vary) and finds the bucket of each rank by a cumulative sum; pass 2 histograms the low 16 bits of
+    the elements in those buckets (rank k_hi = k_lo + 1 can lie in the next non-empty bucket, with only empty buckets
+    in between: the pass-2 key puts that bucket's elements after the first's)."""
+    high = bits >> 16
+    hist = torch.bincount(high, minlength=_HIGH_BINS)
+    cum = hist.cumsum(0)  # cum[b] = number of elements in buckets <= b
+    b_lo = torch.searchsorted(cum, k_lo, right=True)  # the first bucket with cum > k: holds rank k
+    b_hi = torch.searchsorted(cum, k_hi, right=True)
+    before = (cum - hist).gather(0, b_lo.view(1))  # elements in buckets < b_lo, shape (1,)
+    cand = bits[(high >= b_lo) & (high <= b_hi)]  # boolean selection: one host sync (its size)
+    key = (cand & 0xFFFF) | ((cand >> 16) != b_lo).to(torch.int32) << 16
+    cum2 = torch.bincount(key, minlength=2 * _LOW_BINS).cumsum(0)
+    j = torch.searchsorted(cum2, torch.cat([k_lo - before, k_hi - before]), right=True)
+    bucket = torch.where(j >= _LOW_BINS, b_hi, b_lo)
+    return ((bucket << 16) | (j & 0xFFFF)).to(torch.int32)
+
+
+def outlier_threshold(x: torch.Tensor, q: float) -> torch.Tensor:
+    """The q-quantile of |x| over all elements, as a 0-d float32 tensor on x's device: bit for bit what
+    ``torch.quantile(x.abs().float().flatten(), q)`` ('linear' interpolation) returns, for any size, without sorting.
+
+    The interpolation is torch.quantile's (checked against torch 2.15 in tests/test_wang.py): q is rounded to float32
+    (``torch.quantile`` makes q a tensor of the input's dtype), rank = q * (n - 1) in float64, the order statistics
+    at floor(rank) and ceil(rank), weight = float32(rank - floor(rank)), and ``torch.lerp`` on one-element float32
+    tensors (its own rounding rules, FMA or not per device, as in torch.quantile). So like torch.quantile, an inf at
+    a selected rank gives NaN (lerp(inf, inf, w) is NaN), even with weight 0.
+
+    The two order statistics are exact: a radix select on the float32 bit patterns of |x| (``_two_order_statistics``:
+    two ``torch.bincount`` histograms, cumulative sums, ``searchsorted``), O(n) with a handful of elementwise passes
+    and small tensors. bf16/fp16 inputs are widened to float32 exactly first. Host syncs on CUDA: the boolean
+    selection of pass 2 (one), and ``torch.bincount`` itself reads its input's min and max on the host (two per call,
+    two calls); nothing else waits on the device.
+
+    NaN: unlike torch.quantile (which returns NaN when any element is NaN), a NaN counts as larger than +inf, as in
+    the former kthvalue implementation (kthvalue orders NaN last): the result is NaN only when a selected rank lands
+    among the NaNs (the top ones), otherwise it is the quantile of the values with the NaNs counted in n.
+
+    Raises ValueError for an empty x or q outside [0, 1].
+
+    The former implementation (two ``kthvalue`` calls; rank from q in float64, not rounded to float32 first, and
+    a + frac * (b - a) instead of lerp) was not bit-identical to torch.quantile: it differed in the last bits in
+    about a third of random cases (more than one ulp where q's float32 rounding moves the rank noticeably, i.e. at
+    large n), and for an inf at an integral rank it returned inf where torch.quantile (and this) give NaN.
+    """
+    q = float(q)
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be in [0, 1], got {q!r}")
+    # |x| as float32 bit patterns: clearing the sign bit is abs() (NaN included), and makes the int32 values
+    # non-negative and ordered like the magnitudes.
+    bits = x.detach().float().reshape(-1).view(torch.int32) & 0x7FFFFFFF
+    n = bits.numel()
+    if n == 0:
+        raise ValueError("outlier_threshold of an empty tensor")
+    # torch.quantile's rank: q as float32 (a tensor of the input dtype), times n - 1 in float64.
+    rank = float(torch.tensor(q, dtype=torch.float32)) * (n - 1)
+    lo, hi = math.floor(rank), math.ceil(rank)
+    v = _two_order_statistics(bits, lo, hi).view(torch.float32)
+    w = torch.full((1,), rank - lo, dtype=torch.float32, device=bits.device)
+    return torch.lerp(v[0:1], v[1:2], w).reshape(())
 
 
 class WangLinearFunction(torch.autograd.Function):

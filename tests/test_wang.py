@@ -145,6 +145,166 @@ def test_outlier_threshold_matches_torch_quantile():
             assert outlier_threshold(x, q).item() == pytest.approx(want.item(), rel=1e-6, abs=1e-7)
 
 
+def _rank(q, n):
+    """torch.quantile's rank: q rounded to float32 (a tensor of the input dtype), times n - 1 in float64."""
+    return float(torch.tensor(q, dtype=torch.float32)) * (n - 1)
+
+
+def _sorted_quantile(x, q):
+    """Reference: sort |x| (float32; torch.sort puts NaN last), then torch.quantile's 'linear' interpolation."""
+    s = x.detach().abs().float().reshape(-1).sort().values
+    rank = _rank(q, s.numel())
+    lo, hi = math.floor(rank), math.ceil(rank)
+    return torch.lerp(s[lo:lo + 1], s[hi:hi + 1], torch.full((1,), rank - lo)).reshape(())
+
+
+def _same_bits(a, b):
+    """Bitwise equal float32 0-d tensors; any NaN equals any NaN (payloads are not part of the contract)."""
+    assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape == ()
+    if a.isnan().item() or b.isnan().item():
+        return bool(a.isnan().item() and b.isnan().item())
+    return a.view(torch.int32).item() == b.view(torch.int32).item()
+
+
+def _check_exact(x, qs=(0.0, 0.5, 0.99, 1.0), torch_quantile=True):
+    for q in qs:
+        got = outlier_threshold(x, q)
+        assert _same_bits(got, _sorted_quantile(x, q)), (x.shape, q)
+        if torch_quantile:  # torch.quantile takes float32 / float64 only
+            assert _same_bits(got, torch.quantile(x.abs().float().reshape(-1), q)), (x.shape, q)
+
+
+QS_ALL = (0.0, 0.5, 0.99, 1.0, 0.25, 0.9, 0.999, 1e-7, 1 - 1e-7)
+
+
+def test_outlier_threshold_bitwise_random_sizes():
+    g = torch.Generator().manual_seed(11)
+    for _ in range(60):
+        n = int(torch.randint(1, 3000, (1,), generator=g))
+        scale = 10.0 ** float(torch.empty(()).uniform_(-6, 6, generator=g))
+        x = torch.randn(n, generator=g) * scale
+        _check_exact(x, QS_ALL)
+    for q in torch.rand(40, generator=g, dtype=torch.float64).tolist():  # arbitrary q, q * (n - 1) rarely integral
+        _check_exact(torch.randn(997, generator=g), (q,))
+    _check_exact(torch.randn(300, 700, generator=g), QS_ALL)  # 2-D input, 210000 elements
+
+
+def test_outlier_threshold_bitwise_ties_and_all_equal():
+    g = torch.Generator().manual_seed(12)
+    x = torch.randint(-3, 4, (5000,), generator=g).float() * 0.75  # 4 distinct magnitudes, heavy ties
+    _check_exact(x, QS_ALL)
+    for n in (1, 2, 3, 1000, 4097):
+        _check_exact(torch.full((n,), -2.5), QS_ALL)
+        assert outlier_threshold(torch.full((n,), -2.5), 0.99).item() == 2.5
+    # ties straddling the interpolation: ranks lo and hi on the same value, and on different values
+    x = torch.tensor([1.0] * 99 + [3.0])
+    _check_exact(x, QS_ALL)
+
+
+def test_outlier_threshold_bitwise_zeros_and_subnormals():
+    g = torch.Generator().manual_seed(13)
+    _check_exact(torch.zeros(777), QS_ALL)
+    _check_exact(-torch.zeros(5), QS_ALL)  # -0.0: |x| = +0.0
+    x = torch.randn(2000, generator=g)
+    x[torch.rand(2000, generator=g) < 0.7] = 0.0  # most of the tensor exactly zero
+    _check_exact(x, QS_ALL)
+    tiny = torch.finfo(torch.float32).tiny
+    sub = torch.randn(3000, generator=g) * tiny  # mostly subnormal (|x| < 2^-126), some normal
+    assert ((sub.abs() < tiny) & (sub != 0)).sum() > 1000
+    _check_exact(sub, QS_ALL)
+    # smallest subnormals and zeros only
+    x = torch.tensor([0.0, 1e-45, -1e-45, 3e-45, 0.0, 2.8e-45] * 50)
+    _check_exact(x, QS_ALL)
+
+
+def test_outlier_threshold_bitwise_infs_and_wide_range():
+    g = torch.Generator().manual_seed(14)
+    x = torch.randn(1000, generator=g)
+    x[[3, 500, 999]] = torch.tensor([float("inf"), -float("inf"), float("inf")])
+    # q = 0.99 selects finite values; q = 1 and the ranks among the infs give NaN as in torch.quantile (lerp of inf)
+    _check_exact(x, QS_ALL + (0.998, 0.9985, 0.999))
+    assert math.isfinite(outlier_threshold(x, 0.99).item())
+    assert math.isnan(outlier_threshold(x, 1.0).item())
+    _check_exact(torch.tensor([float("inf")]), QS_ALL)
+    _check_exact(torch.tensor([1.0, float("inf")]), QS_ALL)
+    # magnitudes over the whole float32 range: subnormal .. 1e38, plus infs (many high-16-bit buckets)
+    w = torch.randn(4000, generator=g, dtype=torch.float64) * torch.exp(torch.randn(4000, generator=g,
+                                                                              dtype=torch.float64) * 30)
+    w = w.float()
+    assert w.isinf().any() and (w.abs() < torch.finfo(torch.float32).tiny).any()
+    _check_exact(w, QS_ALL)
+
+
+def test_outlier_threshold_bitwise_adjacent_buckets():
+    # ranks lo and lo + 1 in different radix buckets (bits >> 16): consecutive floats across a bucket boundary, and
+    # far-apart buckets with only empty buckets between
+    b = 0x3F80  # bucket of 1.0
+    pats = torch.tensor([(b << 16) | 0xFFFF, ((b + 1) << 16) | 0x0000], dtype=torch.int32)
+    x = pats.view(torch.float32).repeat_interleave(torch.tensor([3, 5]))  # sorted: 3 x lower, 5 x next float
+    _check_exact(x, QS_ALL + (2 / 7, 2.5 / 7, 3 / 7))
+    x = torch.tensor([1e-30] * 10 + [1e30] * 10)
+    _check_exact(x, QS_ALL + (9 / 19, 9.5 / 19))
+    x = torch.tensor([1.0, 2.0])
+    for q in (0.0, 0.3, 0.5, 0.7, 1.0):
+        _check_exact(x, (q,))
+    # all 2^16 low patterns of one bucket, and the first of the next, shuffled
+    g = torch.Generator().manual_seed(15)
+    pats = torch.cat([(b << 16) | torch.arange(1 << 16, dtype=torch.int32), torch.tensor([(b + 1) << 16],
+                                                                                          dtype=torch.int32)])
+    x = pats.view(torch.float32)[torch.randperm(pats.numel(), generator=g)]
+    _check_exact(x, QS_ALL + (1 - 0.5 / 65536, 0.5 / 65536))
+
+
+def test_outlier_threshold_n1_and_dtypes():
+    for v in (0.0, -3.25, 1e-40, 7e37):
+        _check_exact(torch.tensor([v]), QS_ALL)
+        _check_exact(torch.tensor(v), QS_ALL)  # 0-d input
+        assert outlier_threshold(torch.tensor([v]), 0.99).item() == torch.tensor([v]).abs().item()
+    g = torch.Generator().manual_seed(16)
+    x = torch.randn(37, 61, generator=g) * 3
+    for dt in (torch.bfloat16, torch.float16):
+        xd = x.to(dt)
+        _check_exact(xd, QS_ALL, torch_quantile=False)
+        for q in QS_ALL:  # widened to float32 exactly first: same as the float32 copy, and as torch.quantile on it
+            got = outlier_threshold(xd, q)
+            assert _same_bits(got, outlier_threshold(xd.float(), q))
+            assert _same_bits(got, torch.quantile(xd.float().abs().reshape(-1), q))
+    xb = torch.randint(-2, 3, (4001,), generator=g).to(torch.bfloat16) * 1.5  # bf16 with heavy ties
+    _check_exact(xb, QS_ALL, torch_quantile=False)
+    t = outlier_threshold(x.to(torch.bfloat16), 0.99)
+    assert t.dtype == torch.float32 and t.shape == () and t.device == x.device
+    # non-contiguous input and a tensor needing grad
+    xt = torch.randn(64, 48, generator=g).t()
+    _check_exact(xt, QS_ALL)
+    xg = torch.randn(100, generator=g, requires_grad=True)
+    assert not outlier_threshold(xg, 0.5).requires_grad
+
+
+def test_outlier_threshold_nan_ordered_above_inf():
+    # kept from the kthvalue implementation: NaN counts as larger than +inf (not torch.quantile's all-NaN result)
+    x = torch.arange(1.0, 101.0)
+    x[[10, 20]] = torch.tensor([float("nan"), -float("nan")])
+    got = outlier_threshold(x, 0.5)
+    assert _same_bits(got, _sorted_quantile(x, 0.5))  # the median of 98 numbers and two NaNs counted on top
+    assert math.isfinite(got.item())
+    assert math.isnan(outlier_threshold(x, 1.0).item()) and math.isnan(outlier_threshold(x, 0.995).item())
+    assert math.isnan(torch.quantile(x, 0.5).item())  # what torch.quantile does instead
+    g = torch.Generator().manual_seed(17)
+    y = torch.randn(3000, generator=g)
+    y[torch.randint(0, 3000, (20,), generator=g)] = float("nan")
+    y[torch.randint(0, 3000, (5,), generator=g)] = float("inf")
+    for q in QS_ALL + (0.9955, 0.997):
+        assert _same_bits(outlier_threshold(y, q), _sorted_quantile(y, q)), q
+
+
+def test_outlier_threshold_rejects_empty_and_bad_q():
+    with pytest.raises(ValueError, match="empty"):
+        outlier_threshold(torch.zeros(0, 4), 0.5)
+    for q in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="q must be"):
+            outlier_threshold(torch.ones(4), q)
+
+
 def test_outlier_residual_reconstructs_unclamped_product():
     torch.manual_seed(3)
     x = torch.randn(64, 32)
@@ -290,11 +450,18 @@ def test_default_config_and_shape_errors():
 
 
 def test_outlier_threshold_beyond_torch_quantile_limit():
-    n = 2**24 + 3  # above torch.quantile's historical 2^24 input limit; kthvalue has none
+    n = 2**24 + 3  # above torch.quantile's historical 2^24 input limit; the radix select has none
     g = torch.Generator().manual_seed(9)
     x = torch.randn(n, generator=g)
     pos = 0.99 * (n - 1)
     lo = int(pos)
-    top = x.abs().topk(n - lo, sorted=True).values.flip(0)  # the order statistics lo, lo + 1, ... ascending
-    want = top[0] + (pos - lo) * (top[1] - top[0])
-    assert outlier_threshold(x.view(-1, 1), 0.99).item() == pytest.approx(want.item(), rel=1e-6)
+    rank = _rank(0.99, n)  # torch.quantile's rank (q rounded to float32), within one position of pos
+    k, k_hi = math.floor(rank), math.ceil(rank)
+    first = min(lo, k)
+    top = x.abs().topk(n - first, sorted=True).values.flip(0)  # the order statistics first, first + 1, ... ascending
+    want = top[lo - first] + (pos - lo) * (top[lo - first + 1] - top[lo - first])
+    got = outlier_threshold(x.view(-1, 1), 0.99)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    # bit-exact with torch.quantile's formula (rank as above, lerp) on the exact order statistics
+    exact = torch.lerp(top[k - first:][:1], top[k_hi - first:][:1], torch.full((1,), rank - k)).reshape(())
+    assert _same_bits(got, exact)
