@@ -18,6 +18,7 @@ ROUNDING_CODES = {"nearest": 0, "even": 1, "stochastic": 2, "ema": 3}
 LAUNCH_1X32 = dict(groups=32, num_warps=4)
 LAUNCH_32X1 = dict(block_c=64, num_warps=2)
 LAUNCH_BOTH_LAYOUTS = dict(block_c=64, num_warps=4)
+LAUNCH_REQUANTIZE = dict(block_c=64, num_warps=4)
 
 
 @triton.jit
@@ -85,18 +86,19 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
     binade = tl.minimum(tl.maximum(_exponent_field(av), EMIN), EMAX)
     step = _pow2(binade - MAN_BITS)
     a = av * _pow2(MAN_BITS - binade)
-    low = tl.floor(a)
-    frac = a - low
     if ROUNDING == 0:
-        up = frac >= 0.5
-    elif ROUNDING == 1:
-        low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
-        up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
-    elif ROUNDING == 2:
-        up = _uniform(index, seed0, seed1) < frac
+        k = tl.floor(a + 0.5)  # a < 16, so a + 0.5 is exact: the same as rounding up when frac >= 0.5
     else:
-        up = sign * (ema * _pow2(-s)) >= (low + 0.5) * step
-    k = low + up.to(tl.float32)
+        low = tl.floor(a)
+        frac = a - low
+        if ROUNDING == 1:
+            low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
+            up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
+        elif ROUNDING == 2:
+            up = _uniform(index, seed0, seed1) < frac
+        else:
+            up = sign * (ema * _pow2(-s)) >= (low + 0.5) * step
+        k = low + up.to(tl.float32)
     magnitude = tl.minimum(k * step, MAX_VALUE)
     deq = magnitude * sign * _pow2(s)
     deq = tl.where(finite, deq, float("nan"))
@@ -235,54 +237,117 @@ def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols, pstride, scale
              mask=(row[:, None] < rows) & (col[None, :] < cols))
 
 
+@triton.jit
+def _load_pairs(x_ptr, pair_offs, mask, IS_BF16: tl.constexpr):
+    """Elements 2j and 2j+1 of a row (pair j) as two fp32 tiles, from one load of their joint bits. 16-bit dtypes
+    read 32-bit words, fp32 reads 64-bit words; bf16 widens exactly through its bits."""
+    if x_ptr.dtype.element_ty == tl.float32:
+        word = tl.load(x_ptr.to(tl.pointer_type(tl.int64)) + pair_offs, mask=mask, other=0)
+        low = word.to(tl.int32).to(tl.float32, bitcast=True)
+        high = (word >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+    else:
+        word = tl.load(x_ptr.to(tl.pointer_type(tl.int32)) + pair_offs, mask=mask, other=0)
+        if IS_BF16:
+            low = (word << 16).to(tl.float32, bitcast=True)
+            high = ((word >> 16) << 16).to(tl.float32, bitcast=True)
+        else:
+            low = word.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            high = (word >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return low, high
+
+
+@triton.jit
+def _store_pairs(y_ptr, pair_offs, low, high, mask, IS_BF16: tl.constexpr):
+    """Store fp32 tiles of elements 2j and 2j+1 as one word per pair (the inverse of ``_load_pairs``; values on an
+    MX grid fit bf16 exactly, so bf16 takes the high half of the bits)."""
+    if y_ptr.dtype.element_ty == tl.float32:
+        word = (low.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF) | \
+            (high.to(tl.int32, bitcast=True).to(tl.int64) << 32)
+        tl.store(y_ptr.to(tl.pointer_type(tl.int64)) + pair_offs, word, mask=mask)
+    else:
+        if IS_BF16:
+            low_bits = (low.to(tl.int32, bitcast=True) >> 16) & 0xFFFF
+            high_bits = high.to(tl.int32, bitcast=True) >> 16
+        else:
+            low_bits = low.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+            high_bits = high.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+        tl.store(y_ptr.to(tl.pointer_type(tl.int32)) + pair_offs, low_bits | (high_bits << 16), mask=mask)
+
+
+@triton.jit
+def _abs_or_inf(x):
+    """|x| with NaN as +inf: a block's max of it is its amax, or +inf for a block that must come out NaN."""
+    return tl.where(x != x, float("inf"), tl.abs(x))
+
+
 @triton.jit(do_not_specialize=["seed0", "seed1", "seed2", "seed3"])
-def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, cols, seed0, seed1, seed2, seed3,
+def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols, seed0, seed1, seed2, seed3,
                                   BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr,
                                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                                   MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                                   SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
-    """One read, two quantizations: a band of 32 rows x BLOCK_C columns quantized in 1x32 blocks (to y_rows, seeds
-    0/1) and in 32x1 blocks (to y_cols, seeds 2/3). The backward pass's dY feeds Q3 and Q5 this way."""
+    """One read, two quantizations: a band of 32 rows x BLOCK_C columns (2 * half_cols columns in all) quantized in
+    1x32 blocks (to y_rows, seeds 0/1) and in 32x1 blocks (to y_cols, seeds 2/3), as a (rows, blocks, 16 pairs)
+    tile of element pairs. The backward pass's dY feeds Q3 and Q5 this way."""
     row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
-    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C // 32)[:, None] * 32 + tl.arange(0, 32)[None, :]
+    pair = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 32)[:, None] * 16 + tl.arange(0, 16)[None, :]
     row3 = row[:, None, None]
-    col3 = col[None, :, :]
-    mask = (row3 < rows) & (col3 < cols)
-    offs = row3 * cols + col3
-    x = _load_f32(x_ptr + offs, mask, IS_BF16)
-    ax = tl.abs(x)
-    bad = ((ax == float("inf")) | (x != x)).to(tl.int32)
-    _round_and_store(x, tl.max(ax, axis=2)[:, :, None], (tl.max(bad, axis=2) == 0)[:, :, None], offs, mask, x_ptr,
-                     y_rows_ptr, seed0, seed1, True, IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD,
-                     MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
-    _round_and_store(x, tl.max(ax, axis=0)[None, :, :], (tl.max(bad, axis=0) == 0)[None, :, :], offs, mask, x_ptr,
-                     y_cols_ptr, seed2, seed3, True, IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD,
-                     MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    pair3 = pair[None, :, :]
+    mask = (row3 < rows) & (pair3 < half_cols)
+    pair_offs = row3 * half_cols + pair3
+    index = 2 * pair_offs
+    low, high = _load_pairs(x_ptr, pair_offs, mask, IS_BF16)
+    abs_low, abs_high = _abs_or_inf(low), _abs_or_inf(high)
+    amax = tl.maximum(tl.max(abs_low, axis=2), tl.max(abs_high, axis=2))[:, :, None]
+    finite = amax < float("inf")
+    low_q, _, _ = _quantize_tile(low, amax, finite, index, low, seed0, seed1, MAN_BITS, EMIN, EMAX, MAX_VALUE,
+                                 MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    high_q, _, _ = _quantize_tile(high, amax, finite, index + 1, high, seed0, seed1, MAN_BITS, EMIN, EMAX,
+                                  MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    _store_pairs(y_rows_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
+    amax_low = tl.max(abs_low, axis=0)[None, :, :]
+    amax_high = tl.max(abs_high, axis=0)[None, :, :]
+    low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed2, seed3, MAN_BITS, EMIN,
+                                 EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed2, seed3, MAN_BITS,
+                                  EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    _store_pairs(y_cols_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
 
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])
-def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols, pstride, scale_stride, seed0, seed1,
+def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_stride, seed0, seed1,
                        BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr,
                        IN_MAN_BITS: tl.constexpr, IN_EMIN: tl.constexpr, IN_BIAS: tl.constexpr,
                        IN_MAX_CODE: tl.constexpr, IN_SIGN_BIT: tl.constexpr,
                        MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                        MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                        SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
-    """A tensor saved as 1x32 packed codes + scales, dequantized to y's dtype in registers and quantized again in
-    32x1 blocks (Q6 of Q1(X), Q4 of Q2(W)): a band of 32 rows x BLOCK_C columns per program."""
+    """A tensor saved as 1x32 packed codes + scales (2 * half_cols columns), dequantized to y's dtype in registers and quantized
+    again in 32x1 blocks (Q6 of Q1(X), Q4 of Q2(W)): a band of 32 rows x BLOCK_C columns per program, one byte =
+    one element pair."""
     row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
-    byte_col = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
-    x = _load_packed_band(packed_ptr, scales_ptr, row[:, None], byte_col[None, :], rows, pstride, scale_stride,
-                          False, IN_MAN_BITS, IN_EMIN, IN_BIAS, IN_MAX_CODE, IN_SIGN_BIT)
+    block = tl.program_id(1) * (BLOCK_C // 32) + tl.arange(0, BLOCK_C // 32)
+    pair = block[:, None] * 16 + tl.arange(0, 16)[None, :]
+    row3 = row[:, None, None]
+    pair3 = pair[None, :, :]
+    mask = (row3 < rows) & (pair3 < half_cols)
+    pair_offs = row3 * half_cols + pair3
+    byte = tl.load(packed_ptr + pair_offs, mask=mask, other=0).to(tl.int32)
+    biased = tl.load(scales_ptr + row[:, None] * scale_stride + block[None, :],
+                     mask=(row[:, None] < rows) & (block[None, :] < scale_stride), other=0).to(tl.int32)[:, :, None]
+    low = _decode(byte & 0xF, biased, IN_MAN_BITS, IN_EMIN, IN_BIAS, IN_MAX_CODE, IN_SIGN_BIT)
+    high = _decode(byte >> 4, biased, IN_MAN_BITS, IN_EMIN, IN_BIAS, IN_MAX_CODE, IN_SIGN_BIT)
     if not IS_BF16:  # the saved tensor's own rounding (fp16); bf16 and fp32 hold every dequantized value exactly
-        x = x.to(y_ptr.dtype.element_ty).to(tl.float32)
-    col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask = (row[:, None] < rows) & (col[None, :] < cols)
-    offs = row[:, None] * cols + col[None, :]
-    ax = tl.abs(x)
-    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=0) == 0
-    _round_and_store(x, tl.max(ax, axis=0)[None, :], finite[None, :], offs, mask, y_ptr, y_ptr, seed0, seed1, True,
-                     IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+        low = low.to(y_ptr.dtype.element_ty).to(tl.float32)
+        high = high.to(y_ptr.dtype.element_ty).to(tl.float32)
+    amax_low = tl.max(_abs_or_inf(low), axis=0)[None, :, :]
+    amax_high = tl.max(_abs_or_inf(high), axis=0)[None, :, :]
+    index = 2 * pair_offs
+    low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed0, seed1, MAN_BITS, EMIN,
+                                 EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed0, seed1, MAN_BITS,
+                                  EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+    _store_pairs(y_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
 
 
 def _format_args(fmt: ElementFormat) -> dict:
@@ -334,19 +399,28 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
     return (y if want_values else None), (packed if want_packed else None), (scales if want_packed else None)
 
 
+def _pairs_aligned(t: torch.Tensor, cols: int) -> bool:
+    """Whether the pair kernels can read/write ``t``'s element pairs as whole words (even rows, aligned base)."""
+    return cols % 2 == 0 and t.data_ptr() % (2 * t.element_size()) == 0
+
+
 def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: ElementFormat, scale_rule: str, rounding: str, *,
                              seeds: tuple[tuple[int, int], tuple[int, int]],
                              launch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values of x2d quantized in 1x32 blocks (seed ``seeds[0]``) and in 32x1 blocks (``seeds[1]``), from one read.
-    Not for "ema" rounding."""
+    """Values of x2d quantized in 1x32 blocks (seed ``seeds[0]``) and in 32x1 blocks (``seeds[1]``), from one read
+    (an odd column count or a misaligned tensor takes two passes instead). Not for "ema" rounding."""
     rows, cols = x2d.shape
+    if not _pairs_aligned(x2d, cols):
+        return tuple(quantize_2d(x2d, fmt, layout, scale_rule, rounding, ema2d=None, seed=seed, want_values=True,
+                                 want_packed=False)[0] for layout, seed in zip(("1x32", "32x1"), seeds))
     y_rows, y_cols = torch.empty_like(x2d), torch.empty_like(x2d)
     if rows * cols > 0:
         cfg = launch or LAUNCH_BOTH_LAYOUTS
         grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
         (s0, s1), (s2, s3) = seeds
-        _quantize_both_layouts_kernel[grid](x2d, y_rows, y_cols, rows, cols, s0, s1, s2, s3, BLOCK_C=cfg["block_c"],
-                                            num_warps=cfg["num_warps"], IS_BF16=x2d.dtype == torch.bfloat16,
+        _quantize_both_layouts_kernel[grid](x2d, y_rows, y_cols, rows, cols // 2, s0, s1, s2, s3,
+                                            BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"],
+                                            IS_BF16=x2d.dtype == torch.bfloat16,
                                             **_quantizer_args(fmt, scale_rule, rounding))
     return y_rows, y_cols
 
@@ -355,12 +429,16 @@ def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: Elemen
                   dtype: torch.dtype, fmt: ElementFormat, scale_rule: str, rounding: str, *, seed: tuple[int, int],
                   launch: dict | None = None) -> torch.Tensor:
     """A 1x32-packed tensor, dequantized to ``dtype`` and quantized again in 32x1 blocks, in one pass (values of
-    ``dtype``). Not for "ema" rounding."""
+    ``dtype``; an odd column count takes two passes). Not for "ema" rounding."""
+    if cols % 2:
+        values = dequantize_2d(packed, scales, packed_fmt, "1x32", rows, cols, dtype)
+        return quantize_2d(values, fmt, "32x1", scale_rule, rounding, ema2d=None, seed=seed, want_values=True,
+                           want_packed=False)[0]
     y = torch.empty((rows, cols), dtype=dtype, device=packed.device)
     if rows * cols > 0:
-        cfg = launch or LAUNCH_32X1
+        cfg = launch or LAUNCH_REQUANTIZE
         grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
-        _requantize_kernel[grid](packed, scales, y, rows, cols, packed.shape[1], scales.shape[1], seed[0], seed[1],
+        _requantize_kernel[grid](packed, scales, y, rows, cols // 2, scales.shape[1], seed[0], seed[1],
                                  BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], IS_BF16=dtype == torch.bfloat16,
                                  **_decode_args(packed_fmt, "IN_"), **_quantizer_args(fmt, scale_rule, rounding))
     return y

@@ -16,12 +16,13 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _edges_both_ways(fmt: str, dtype: torch.dtype) -> torch.Tensor:
-    """Edge-case blocks along the rows (top left) and down the columns (bottom right), with tails both ways."""
+    """Edge-case blocks along the rows (top left) and down the columns (bottom right), with tails both ways; an even
+    column count, so the one-pass pair kernels run (odd counts take two passes: test_..._any_size)."""
     a = edge_matrix(FORMATS[fmt].max_value, torch.float32)
     rows, cols = a.shape
-    x = torch.zeros(rows + cols, cols + rows)
+    x = torch.zeros(rows + cols, cols + rows + (cols + rows) % 2)
     x[:rows, :cols] = a
-    x[rows:, cols:] = a.t()
+    x[rows:, cols:cols + rows] = a.t()
     x[rows:, :cols] = torch.randn(cols, cols)
     return x.to(dtype)
 
@@ -78,6 +79,14 @@ def test_requantize_and_both_layouts_any_size(shape):
     mx = quantize_packed(x, "1x32")
     assert_bitwise_equal(requantize_2d(mx, "e2m1", "rceil", "nearest", backend="triton"),
                          quantize(dequantize(mx), "32x1", backend="torch"))
+    rows_v, cols_v = quantize_both_layouts_2d(x, "e2m1", "rceil", "nearest", backend="triton")
+    assert_bitwise_equal(rows_v, quantize(x, "1x32", backend="torch"))
+    assert_bitwise_equal(cols_v, quantize(x, "32x1", backend="torch"))
+
+
+def test_misaligned_tensor_takes_two_passes():
+    storage = torch.randn(1 + 64 * 40, dtype=torch.bfloat16)
+    x = storage[1:].view(64, 40)  # contiguous, but its element pairs straddle 32-bit words
     rows_v, cols_v = quantize_both_layouts_2d(x, "e2m1", "rceil", "nearest", backend="triton")
     assert_bitwise_equal(rows_v, quantize(x, "1x32", backend="torch"))
     assert_bitwise_equal(cols_v, quantize(x, "32x1", backend="torch"))
