@@ -13,12 +13,13 @@ import triton.language as tl
 from .formats import BLOCK_SIZE, ElementFormat
 
 ROUNDING_CODES = {"nearest": 0, "even": 1, "stochastic": 2, "ema": 3}
-# Launch shapes picked by scripts/bench_quant.py --sweep on an H100 (a 50432x384 bf16 tensor, values + packed):
-# 1x32 tiles of 32 blocks x 32 elements with 4 warps; 32x1 bands of 32 rows x 64 columns with 2 warps.
+# Launch shapes picked by scripts/bench_quant.py --sweep on an H100 (a 50432x384 bf16 tensor): 1x32 tiles of 32
+# blocks x 32 elements with 4 warps; 32x1 bands of 32 rows x 64 columns with 2 warps; the backward pass's fused
+# kernels (stochastic) on bands of 32 x 32.
 LAUNCH_1X32 = dict(groups=32, num_warps=4)
 LAUNCH_32X1 = dict(block_c=64, num_warps=2)
-LAUNCH_BOTH_LAYOUTS = dict(block_c=64, num_warps=4)
-LAUNCH_REQUANTIZE = dict(block_c=64, num_warps=4)
+LAUNCH_BOTH_LAYOUTS = dict(block_c=32, num_warps=2)
+LAUNCH_REQUANTIZE = dict(block_c=32, num_warps=4)
 
 
 @triton.jit
@@ -26,6 +27,22 @@ def _pow2(k):
     """2**k as fp32 for int32 k in [-127, 127], built from the bit pattern."""
     bits = tl.where(k >= -126, (k + 127) << 23, 1 << 22)
     return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _pow2_normal(k):
+    """2**k as fp32 for int32 k in [-126, 127] (no subnormal case: the grid's own steps)."""
+    return ((k + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _program_start(axis: tl.constexpr, size: tl.constexpr, WIDE: tl.constexpr):
+    """First index this program covers along ``axis``; int64 index arithmetic only for tensors of 2^31 elements or
+    more (WIDE), as 64-bit integer math costs the compute-bound kernels time."""
+    pid = tl.program_id(axis)
+    if WIDE:
+        pid = pid.to(tl.int64)
+    return pid * size
 
 
 @triton.jit
@@ -84,8 +101,8 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
     sign = tl.where(negative, -1.0, 1.0)
     av = tl.abs(v)
     binade = tl.minimum(tl.maximum(_exponent_field(av), EMIN), EMAX)
-    step = _pow2(binade - MAN_BITS)
-    a = av * _pow2(MAN_BITS - binade)
+    step = _pow2_normal(binade - MAN_BITS)
+    a = av * _pow2_normal(MAN_BITS - binade)
     if ROUNDING == 0:
         k = tl.floor(a + 0.5)  # a < 16, so a + 0.5 is exact: the same as rounding up when frac >= 0.5
     else:
@@ -127,14 +144,14 @@ def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, 
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])  # a seed of 1 must not become a compile-time constant
 def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed0, seed1,
-                          GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr,
+                          GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                           WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                           SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
     """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short)."""
     blocks_per_row = tl.cdiv(cols, 32)
-    group = tl.program_id(0).to(tl.int64) * GROUPS + tl.arange(0, GROUPS)
+    group = _program_start(0, GROUPS, WIDE) + tl.arange(0, GROUPS)
     row = group // blocks_per_row
     col0 = (group % blocks_per_row) * 32
     lane = tl.arange(0, 32)
@@ -159,13 +176,13 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])
 def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed0, seed1,
-                          BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr,
+                          BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                           WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                           SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
     """Each program handles one band of 32 rows x BLOCK_C columns; each column of the band is one block."""
-    row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
+    row = _program_start(0, 32, WIDE) + tl.arange(0, 32)
     col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (row[:, None] < rows) & (col[None, :] < cols)
     offs = row[:, None] * cols + col[None, :]
@@ -188,15 +205,14 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
 @triton.jit
 def _decode(code, biased, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
             SIGN_BIT: tl.constexpr):
-    """fp32 value of 4-bit codes (int32) under biased E8M0 exponents (int32, 255 = NaN block)."""
+    """fp32 value of 4-bit codes (int32) under biased E8M0 exponents (int32, 255 = NaN block). A normal code's fp32
+    bits are its magnitude bits shifted into place plus the exponent offset; subnormal codes are multiples of
+    2^(EMIN - MAN_BITS)."""
     magnitude = code & MAX_CODE
-    field = magnitude >> MAN_BITS
-    mant = magnitude & ((1 << MAN_BITS) - 1)
-    normal = field > 0
-    significand = tl.where(normal, mant + (1 << MAN_BITS), mant).to(tl.float32)
-    exponent = tl.where(normal, field - BIAS, EMIN) - MAN_BITS
-    sign = tl.where((code & SIGN_BIT) != 0, -1.0, 1.0)
-    value = significand * _pow2(exponent) * sign * _pow2(tl.minimum(biased, 254) - 127)
+    normal = ((magnitude << (23 - MAN_BITS)) + ((127 - BIAS) << 23)).to(tl.float32, bitcast=True)
+    subnormal_unit = _pow2_normal(tl.full((), EMIN - MAN_BITS, tl.int32))
+    value = tl.where(magnitude < (1 << MAN_BITS), magnitude.to(tl.float32) * subnormal_unit, normal)
+    value = tl.where((code & SIGN_BIT) != 0, -value, value) * _pow2(tl.minimum(biased, 254) - 127)
     return tl.where(biased == 255, float("nan"), value)
 
 
@@ -224,11 +240,11 @@ def _load_packed_band(packed_ptr, scales_ptr, row, byte_col, rows, pstride, scal
 @triton.jit
 def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols, pstride, scale_stride,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_BLOCKS: tl.constexpr,
-                       IS_BF16: tl.constexpr,
+                       IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                        MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
                        SIGN_BIT: tl.constexpr):
     """Packed codes + biased E8M0 scales -> values, BLOCK_R rows x BLOCK_C columns per program."""
-    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row = _program_start(0, BLOCK_R, WIDE) + tl.arange(0, BLOCK_R)
     byte_col = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
     value = _load_packed_band(packed_ptr, scales_ptr, row[:, None], byte_col[None, :], rows, pstride, scale_stride,
                               ROW_BLOCKS, MAN_BITS, EMIN, BIAS, MAX_CODE, SIGN_BIT)
@@ -282,14 +298,14 @@ def _abs_or_inf(x):
 
 @triton.jit(do_not_specialize=["seed0", "seed1", "seed2", "seed3"])
 def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols, seed0, seed1, seed2, seed3,
-                                  BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr,
+                                  BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                                   MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                                   SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
     """One read, two quantizations: a band of 32 rows x BLOCK_C columns (2 * half_cols columns in all) quantized in
     1x32 blocks (to y_rows, seeds 0/1) and in 32x1 blocks (to y_cols, seeds 2/3), as a (rows, blocks, 16 pairs)
     tile of element pairs. The backward pass's dY feeds Q3 and Q5 this way."""
-    row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
+    row = _program_start(0, 32, WIDE) + tl.arange(0, 32)
     pair = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 32)[:, None] * 16 + tl.arange(0, 16)[None, :]
     row3 = row[:, None, None]
     pair3 = pair[None, :, :]
@@ -316,7 +332,7 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols
 
 @triton.jit(do_not_specialize=["seed0", "seed1"])
 def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_stride, seed0, seed1,
-                       BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr,
+                       BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                        IN_MAN_BITS: tl.constexpr, IN_EMIN: tl.constexpr, IN_BIAS: tl.constexpr,
                        IN_MAX_CODE: tl.constexpr, IN_SIGN_BIT: tl.constexpr,
                        MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
@@ -325,7 +341,7 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
     """A tensor saved as 1x32 packed codes + scales (2 * half_cols columns), dequantized to y's dtype in registers and quantized
     again in 32x1 blocks (Q6 of Q1(X), Q4 of Q2(W)): a band of 32 rows x BLOCK_C columns per program, one byte =
     one element pair."""
-    row = tl.program_id(0).to(tl.int64) * 32 + tl.arange(0, 32)
+    row = _program_start(0, 32, WIDE) + tl.arange(0, 32)
     block = tl.program_id(1) * (BLOCK_C // 32) + tl.arange(0, BLOCK_C // 32)
     pair = block[:, None] * 16 + tl.arange(0, 16)[None, :]
     row3 = row[:, None, None]
@@ -348,6 +364,11 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
     high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed0, seed1, MAN_BITS,
                                   EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
     _store_pairs(y_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
+
+
+def _wide(rows: int, cols: int) -> bool:
+    """Whether a kernel's element offsets (tail tiles included) may reach 2^31 and need int64 arithmetic."""
+    return (rows + 256) * (cols + 256) >= 2**31
 
 
 def _format_args(fmt: ElementFormat) -> dict:
@@ -382,7 +403,8 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
         scales_shape = (triton.cdiv(rows, BLOCK_SIZE), cols)
     scales = torch.empty(scales_shape, dtype=torch.uint8, device=device) if want_packed else x2d
     ema = ema2d if ema2d is not None else x2d
-    common = dict(WRITE_Y=want_values, IS_BF16=x2d.dtype == torch.bfloat16, WRITE_PACKED=want_packed,
+    common = dict(WRITE_Y=want_values, IS_BF16=x2d.dtype == torch.bfloat16, WIDE=_wide(rows, cols),
+                  WRITE_PACKED=want_packed,
                   **_quantizer_args(fmt, scale_rule, rounding))
     if rows * cols > 0:
         if layout == "1x32":
@@ -420,7 +442,7 @@ def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: ElementFormat, scale_rule: 
         (s0, s1), (s2, s3) = seeds
         _quantize_both_layouts_kernel[grid](x2d, y_rows, y_cols, rows, cols // 2, s0, s1, s2, s3,
                                             BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"],
-                                            IS_BF16=x2d.dtype == torch.bfloat16,
+                                            IS_BF16=x2d.dtype == torch.bfloat16, WIDE=_wide(rows, cols),
                                             **_quantizer_args(fmt, scale_rule, rounding))
     return y_rows, y_cols
 
@@ -440,7 +462,7 @@ def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: Elemen
         grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
         _requantize_kernel[grid](packed, scales, y, rows, cols // 2, scales.shape[1], seed[0], seed[1],
                                  BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], IS_BF16=dtype == torch.bfloat16,
-                                 **_decode_args(packed_fmt, "IN_"), **_quantizer_args(fmt, scale_rule, rounding))
+                                 WIDE=_wide(rows, cols), **_decode_args(packed_fmt, "IN_"), **_quantizer_args(fmt, scale_rule, rounding))
     return y
 
 
@@ -452,5 +474,6 @@ def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, fmt: ElementFormat
         grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
         _dequantize_kernel[grid](packed, scales, y, rows, cols, packed.shape[1], scales.shape[1], BLOCK_R=block_r,
                                  BLOCK_C=block_c, ROW_BLOCKS=layout == "32x1", IS_BF16=dtype == torch.bfloat16,
+                                 WIDE=_wide(rows, cols),
                                  **_decode_args(fmt))
     return y
