@@ -212,7 +212,9 @@ def _decode(code, biased, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.c
     normal = ((magnitude << (23 - MAN_BITS)) + ((127 - BIAS) << 23)).to(tl.float32, bitcast=True)
     subnormal_unit = _pow2_normal(tl.full((), EMIN - MAN_BITS, tl.int32))
     value = tl.where(magnitude < (1 << MAN_BITS), magnitude.to(tl.float32) * subnormal_unit, normal)
-    value = tl.where((code & SIGN_BIT) != 0, -value, value) * _pow2(tl.minimum(biased, 254) - 127)
+    sign = tl.where((code & SIGN_BIT) != 0, -2147483648, 0)  # set through the bits: -x compiles to 0 - x (+0.0)
+    value = (value.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
+    value = value * _pow2(tl.minimum(biased, 254) - 127)
     return tl.where(biased == 255, float("nan"), value)
 
 
