@@ -15,11 +15,11 @@ from .formats import BLOCK_SIZE, ElementFormat
 ROUNDING_CODES = {"nearest": 0, "even": 1, "stochastic": 2, "ema": 3}
 # Launch shapes picked by scripts/bench_quant.py --sweep on an H100 (a 50432x384 bf16 tensor): 1x32 tiles of 32
 # blocks x 32 elements with 4 warps; 32x1 bands of 32 rows x 64 columns with 2 warps; the backward pass's fused
-# kernels (stochastic) on bands of 32 x 32.
+# kernels (stochastic) on bands of 32 x 32 with 2 warps.
 LAUNCH_1X32 = dict(groups=32, num_warps=4)
 LAUNCH_32X1 = dict(block_c=64, num_warps=2)
 LAUNCH_BOTH_LAYOUTS = dict(block_c=32, num_warps=2)
-LAUNCH_REQUANTIZE = dict(block_c=32, num_warps=4)
+LAUNCH_REQUANTIZE = dict(block_c=32, num_warps=2)
 
 
 @triton.jit
@@ -350,7 +350,11 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
     pair3 = pair[None, :, :]
     mask = (row3 < rows) & (pair3 < half_cols)
     pair_offs = row3 * half_cols + pair3
-    byte = tl.load(packed_ptr + pair_offs, mask=mask, other=0).to(tl.int32)
+    # The same byte offsets, provably contiguous only in runs of 4: the compiler then loads 4 bytes per thread, the
+    # register layout of the int32 pair stores below, instead of 16-byte vectors that need a layout conversion.
+    lane = tl.arange(0, 16)
+    byte_offs = row3 * half_cols + (block[:, None] * 16 + (lane // 4 * 4)[None, :] + (lane % 4)[None, :])[None, :, :]
+    byte = tl.load(packed_ptr + byte_offs, mask=mask, other=0).to(tl.int32)
     biased = tl.load(scales_ptr + row[:, None] * scale_stride + block[None, :],
                      mask=(row[:, None] < rows) & (block[None, :] < scale_stride), other=0).to(tl.int32)[:, :, None]
     low = _decode(byte & 0xF, biased, IN_MAN_BITS, IN_EMIN, IN_BIAS, IN_MAX_CODE, IN_SIGN_BIT)

@@ -2,7 +2,7 @@
 mode (the backward pass's fused kernels included), plus the statistical stochastic-rounding check and QLinear on CUDA
 against the CPU reference composition.
 
-Usage (on a CUDA machine): python scripts/check_kernels_gpu.py [--elements 10000000]
+Usage (on a CUDA machine): python scripts/check_kernels_gpu.py [--elements 10000000] [--only fused,QLinear]
 Prints one line per check and exits non-zero if any fails.
 """
 from __future__ import annotations
@@ -42,7 +42,9 @@ def big_input(n_elements: int, fmt: str, dtype: torch.dtype, layout: str) -> tor
     return x
 
 
-def check(name: str, fn, results: list) -> None:
+def check(name: str, fn, results: list, only: list[str]) -> None:
+    if only and not any(part in name for part in only):
+        return
     start = time.time()
     try:
         fn()
@@ -151,25 +153,27 @@ def qlinear_cuda_vs_cpu(recipe_name: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--elements", type=int, default=10_000_000)
+    parser.add_argument("--only", default="", help="comma list: run only the checks whose name contains one of these")
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this check needs a CUDA GPU"
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     results: list = []
+    only = [part for part in args.only.split(",") if part]
     modes = itertools.product(("1x32", "32x1"), ("e2m1", "e3m0"), ("rceil", "floor"),
                               ("nearest", "even", "stochastic", "ema"), (torch.bfloat16, torch.float32))
     for layout, fmt, rule, rounding, dtype in modes:
         name = f"exact {layout} {fmt} {rule} {rounding} {str(dtype)[6:]}"
-        check(name, lambda: kernel_vs_reference(args.elements, layout, fmt, rule, rounding, dtype), results)
+        check(name, lambda: kernel_vs_reference(args.elements, layout, fmt, rule, rounding, dtype), results, only)
     fused_modes = itertools.product(("e2m1", "e3m0"), ("rceil", "floor"), ("nearest", "even", "stochastic"),
                                     (torch.bfloat16, torch.float32, torch.float16))
     for fmt, rule, rounding, dtype in fused_modes:
         check(f"exact fused {fmt} {rule} {rounding} {str(dtype)[6:]}",
-              lambda: fused_vs_reference(args.elements, fmt, rule, rounding, dtype), results)
+              lambda: fused_vs_reference(args.elements, fmt, rule, rounding, dtype), results, only)
     for layout, dtype in itertools.product(("1x32", "32x1"), (torch.bfloat16, torch.float32)):
         check(f"stochastic statistics {layout} {str(dtype)[6:]}", lambda: stochastic_statistics(layout, dtype),
-              results)
+              results, only)
     for recipe in ("tetrajet", "microscaling", "tetrajet_qema", "table7_e3m0_e2m1"):
-        check(f"QLinear cuda vs cpu {recipe}", lambda: qlinear_cuda_vs_cpu(recipe), results)
+        check(f"QLinear cuda vs cpu {recipe}", lambda: qlinear_cuda_vs_cpu(recipe), results, only)
     failed = [r for r in results if r[1] != "ok"]
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
     for name, status, _ in failed:
