@@ -83,7 +83,6 @@ class MXLinearFunction(torch.autograd.Function):
         ctx.x_shape = x.shape
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
         ctx.has_bias = bias is not None
-        ctx.pack_x, ctx.pack_w = pack_x, pack_w
         x_saved = (x_packed, x_scales) if pack_x else (x2d if need_dw else None, None)
         w_saved = (w_packed, w_scales) if pack_w else (weight if need_dx else None, None)
         ctx.save_for_backward(*x_saved, *w_saved)
