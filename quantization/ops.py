@@ -70,15 +70,20 @@ def draw_seed() -> tuple[int, int]:
     return words[0], words[1]
 
 
+def _seed_for(rounding: str, seed: tuple[int, int] | None) -> tuple[int, int]:
+    """The seed a kernel gets: ``seed``, else a fresh draw for stochastic rounding, else an unused (0, 0)."""
+    if seed is None and rounding == "stochastic":
+        return draw_seed()
+    return seed or (0, 0)
+
+
 def quantize_2d(x2d: torch.Tensor, layout: str, fmt: str, scale_rule: str, rounding: str, *,
                 ema2d: torch.Tensor | None = None, backend: str = "auto", want_values: bool = True,
                 want_packed: bool = False, seed: tuple[int, int] | None = None):
     """Quantize a contiguous 2-D tensor (arguments already validated); returns (values, packed, scales), the ones
     not asked for as None. Used by ``quantize`` and by the autograd Function, which wants both outputs in one pass."""
     element = get_format(fmt)
-    if rounding == "stochastic" and seed is None:
-        seed = draw_seed()
-    seed = seed or (0, 0)
+    seed = _seed_for(rounding, seed)
     if _resolve_backend(backend, x2d) == "triton":
         from . import kernels
 
@@ -97,9 +102,7 @@ def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: str, scale_rule: str, round
     backward pass's Q3 and Q5 of dY. Seeds default to two draws, in that order; "ema" rounding is not supported."""
     if rounding == "ema":
         raise ValueError("quantize_both_layouts_2d does not take rounding='ema' (it needs a per-call EMA tensor)")
-    if rounding == "stochastic":
-        seeds = tuple(seed or draw_seed() for seed in seeds)
-    seeds = tuple(seed or (0, 0) for seed in seeds)
+    seeds = tuple(_seed_for(rounding, seed) for seed in seeds)
     if _resolve_backend(backend, x2d) == "triton":
         from . import kernels
 
@@ -117,9 +120,7 @@ def requantize_2d(mx: MXTensor, fmt: str, scale_rule: str, rounding: str, *, see
         raise ValueError(f"requantize_2d reads the 1x32 packed layout, got {mx.layout!r}")
     if rounding == "ema":
         raise ValueError("requantize_2d does not take rounding='ema' (it needs a per-call EMA tensor)")
-    if rounding == "stochastic" and seed is None:
-        seed = draw_seed()
-    seed = seed or (0, 0)
+    seed = _seed_for(rounding, seed)
     rows, cols = mx.rows_cols
     if _resolve_backend(backend, mx.packed) == "triton":
         from . import kernels
