@@ -1,5 +1,6 @@
 """Data: ImageNet-style ImageFolder trees, Fashion-MNIST from its IDX files, CIFAR-10/100 through torchvision;
-DeiT transforms, Mixup/CutMix, the repeated-augmentation sampler and per-epoch deterministic loaders."""
+DeiT transforms, Mixup/CutMix, the repeated-augmentation sampler, per-epoch deterministic loaders and the loaders
+of Q-Ramping's calibrations."""
 from __future__ import annotations
 
 import gzip
@@ -21,6 +22,7 @@ DATASETS = ("imagenet", "fashion_mnist", "cifar10", "cifar100")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                        False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+CALIBRATION_STREAM = 0xCA11B  # mixed into the seeds of Q-Ramping's calibration loaders, apart from training's
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                          "Ankle boot")
 STATS = {  # per-channel mean, std
@@ -291,3 +293,43 @@ def build_loaders(bundle: DataBundle, data: DataConfig, repeats: int, seed: int,
     val = DataLoader(bundle.val, batch_size=data.batch_size, sampler=range(rank, len(bundle.val), world_size),
                      **common)
     return Loaders(train, val, seed, rank)
+
+
+class CalibrationSampler(Sampler):
+    """This rank's slice of ``num_batches`` global batches for the Q-Ramping calibration at global step ``step``.
+
+    The order is GlobalBatchSampler's (same repeats, same cut into global batches) over a seed stream of its own,
+    mix_seed(seed, CALIBRATION_STREAM, step): it never coincides with a training epoch's order, does not depend on
+    the number of processes, and a resumed run draws it again. When one pass over the set holds fewer than
+    ``num_batches`` batches, the stream's next shuffles continue it.
+    """
+
+    def __init__(self, num_items: int, local_batch: int, num_batches: int, step: int, rank: int = 0,
+                 world_size: int = 1, repeats: int = 1, seed: int = 0) -> None:
+        self.passes = GlobalBatchSampler(num_items, local_batch, rank, world_size, repeats,
+                                         mix_seed(seed, CALIBRATION_STREAM, step))
+        if self.passes.num_batches < 1:
+            raise ValueError(f"{num_items} items do not fill one global batch of {local_batch * world_size}")
+        self.size = num_batches * local_batch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        indices: list[int] = []
+        shuffle = 0
+        while len(indices) < self.size:
+            self.passes.set_epoch(shuffle)
+            indices += list(self.passes)
+            shuffle += 1
+        return iter(indices[: self.size])
+
+
+def build_calibration_loader(dataset: Dataset, data: DataConfig, repeats: int, seed: int, rank: int,
+                             world_size: int, step: int, num_batches: int) -> DataLoader:
+    """Loader of ``num_batches`` batches of ``dataset`` for the calibration at global ``step`` (CalibrationSampler);
+    its worker seeds come from (seed, CALIBRATION_STREAM, step, rank), not from any global generator."""
+    sampler = CalibrationSampler(len(dataset), data.batch_size, num_batches, step, rank, world_size, repeats, seed)
+    generator = torch.Generator().manual_seed(mix_seed(seed, CALIBRATION_STREAM, step, rank))
+    return DataLoader(dataset, batch_size=data.batch_size, sampler=sampler, drop_last=True, generator=generator,
+                      num_workers=data.num_workers, pin_memory=data.pin_memory and torch.cuda.is_available())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from timm.data import Mixup
@@ -37,15 +37,19 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
                     logger: RunLogger, log_interval: int, first_step: int,
                     extra_loss: Optional[Callable[[int], torch.Tensor]] = None,
                     calibrator: Optional[QRampingCalibrator] = None,
+                    calib_batches: Optional[Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]] = None,
                     after_step: Optional[Callable[[int], object]] = None) -> dict:
     """Train over ``loader`` once; returns the epoch's mean loss, lr, global images/s and peak GPU memory.
 
     The loss is averaged over ranks before the backward pass; a non-finite value raises NonFiniteLossError on every
     rank at the same step, before any weight changes. ``extra_loss(step)`` is added to the loss (e.g. Dampen's
-    regularizer). ``calibrator`` (Q-Ramping) calibrates before each step it says is due, on that step's batch, and
+    regularizer). ``calibrator`` (Q-Ramping) calibrates before each step it says is due, each calibration step on the
+    next batch of ``calib_batches(step)`` (a loader of its own: the training batches stay those of ``loader``), and
     restores everything afterwards; gradients are clipped before Q-Ramping accumulates them. ``after_step(step)``
     runs after each step (e.g. the oscillation monitor).
     """
+    if calibrator is not None and calib_batches is None:
+        raise ValueError("a Q-Ramping calibrator needs calib_batches, the batches its calibration steps train on")
     model.train()
     device = ctx.device
     if device.type == "cuda":
@@ -79,7 +83,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
             samples, targets = mixup(samples, targets)
         step = first_step + steps
         if calibrator is not None and calibrator.due(step):
-            record = calibrator.calibrate(lambda i: train_step(samples, targets, step), restore=[scaler])
+            batches = calib_batches(step)
+            record = calibrator.calibrate(lambda i: train_step(*next(batches), step), restore=[scaler])
             logger.write({**record, "step": step, "epoch": epoch})
         loss_value = train_step(samples, targets, step)
         if model_ema is not None:

@@ -128,8 +128,15 @@ class Trainer:
             attach_qema(self.model, self.optimizer)
         if recipe.freeze is not None:
             attach_freeze(self.model, self.optimizer, self.total_steps, dtype=self.amp_dtype)
-        self.calibrator = (QRampingCalibrator(self.model, self.optimizer, len(self.loaders.train),
-                                              amp_dtype=self.amp_dtype) if recipe.qramping is not None else None)
+        self.calibrator: Optional[QRampingCalibrator] = None
+        self.calib_batches: Optional[training.CalibrationBatches] = None
+        if recipe.qramping is not None:
+            self.calibrator = QRampingCalibrator(self.model, self.optimizer, len(self.loaders.train),
+                                                 amp_dtype=self.amp_dtype)
+            self.calib_batches = training.CalibrationBatches(
+                self.data.train, config.data, repeats=config.aug.repeated_aug, seed=config.train.seed, rank=ctx.rank,
+                world_size=ctx.world_size, num_batches=self.calibrator.config.calib_steps, device=ctx.device,
+                mixup=build_mixup(config.aug, self.data.num_classes))
         self.monitor: Optional[OscillationMonitor] = None
         self.start_epoch, self.best_acc1 = 0, float("-inf")  # the first evaluation is always the best yet
         self.saved_epoch: Optional[int] = None
@@ -216,6 +223,7 @@ class Trainer:
                 amp_dtype=self.amp_dtype, mixup=self.mixup, model_ema=self.model_ema,
                 clip_grad=self.config.optim.clip_grad, logger=logger, log_interval=self.config.train.log_interval,
                 first_step=epoch * len(self.loaders.train), calibrator=self.calibrator,
+                calib_batches=self.calib_batches,
                 extra_loss=self.dampen_loss if self.recipe.dampen is not None else None,
                 after_step=self.observe if self.monitor is not None else None)
         except engine.NonFiniteLossError as error:

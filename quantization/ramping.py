@@ -284,12 +284,14 @@ class QRampingCalibrator:
     forward (its weight quantizer sees W in that dtype).
 
     Example, in the training loop (``train_step`` = forward, backward, clip, ``scaler.step(optimizer)``,
-    ``scaler.update()`` on a batch; no model-EMA update, no logging)::
+    ``scaler.update()`` on a batch; no model-EMA update, no logging); each calibration step takes a new batch from a
+    loader of its own, so the training batches are the same with or without calibration::
 
         calibrator = QRampingCalibrator(model, optimizer, steps_per_epoch=len(loader), amp_dtype=torch.bfloat16)
         for step, (x, y) in enumerate(batches, start=first_step):
             if calibrator.due(step):
-                record = calibrator.calibrate(lambda i: train_step(x, y), restore=[scaler])
+                calib = iter(calibration_loader)
+                record = calibrator.calibrate(lambda i: train_step(*next(calib)), restore=[scaler])
                 logger.write(record)
             train_step(x, y)
     """

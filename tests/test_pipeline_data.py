@@ -7,8 +7,8 @@ from PIL import Image
 from timm.data import auto_augment
 
 from configs import load_config
-from datasets import (FASHION_MNIST_DIR, DatasetNotFoundError, GlobalBatchSampler, build_datasets,
-                      build_transforms, channel_stats, find_fashion_mnist, read_idx)
+from datasets import (FASHION_MNIST_DIR, CalibrationSampler, DatasetNotFoundError, GlobalBatchSampler,
+                      build_datasets, build_transforms, channel_stats, find_fashion_mnist, read_idx)
 
 needs_fmnist = pytest.mark.skipif(not FASHION_MNIST_DIR.is_dir(),
                                   reason="apt-get install dataset-fashion-mnist")
@@ -99,3 +99,37 @@ def test_sampler_epochs_and_repeats():
     assert list(GlobalBatchSampler(90, 10, repeats=3, seed=1)) != first
     assert sorted(GlobalBatchSampler(90, 10, seed=0)) == list(range(90))  # no repeats: a permutation
     assert len(GlobalBatchSampler(5, 10)) == 0
+
+
+def _batches(indices, size):
+    return [tuple(indices[i: i + size]) for i in range(0, len(indices), size)]
+
+
+def test_calibration_batches_are_fresh_and_apart_from_the_training_order():
+    calib = list(CalibrationSampler(96, 8, num_batches=5, step=24, seed=3))
+    assert len(calib) == 40 and len(set(_batches(calib, 8))) == 5 and len(set(calib)) == 40
+    assert list(CalibrationSampler(96, 8, num_batches=5, step=24, seed=3)) == calib  # resumable: (seed, step) only
+    assert list(CalibrationSampler(96, 8, num_batches=5, step=36, seed=3)) != calib
+    training = set()
+    for epoch in range(4):
+        sampler = GlobalBatchSampler(96, 8, seed=3)
+        sampler.set_epoch(epoch)
+        training |= set(_batches(list(sampler), 8))
+    assert not training & set(_batches(calib, 8))
+
+
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_calibration_batches_do_not_depend_on_the_number_of_processes(repeats):
+    single = list(CalibrationSampler(103, 8, num_batches=4, step=7, repeats=repeats, seed=5))
+    ranks = [list(CalibrationSampler(103, 2, num_batches=4, step=7, rank=r, world_size=4, repeats=repeats, seed=5))
+             for r in range(4)]
+    for step in range(4):
+        assert single[8 * step: 8 * step + 8] == sum((r[2 * step: 2 * step + 2] for r in ranks), [])
+
+
+def test_calibration_longer_than_a_pass_continues_with_new_shuffles():
+    calib = list(CalibrationSampler(20, 8, num_batches=5, step=0))  # 2 batches per pass: 3 passes
+    assert len(calib) == 40 and len(set(_batches(calib, 8))) == 5
+    assert len(set(calib[:16])) == 16 and len(set(calib[16:32])) == 16
+    with pytest.raises(ValueError, match="5 items do not fill one global batch of 8"):
+        CalibrationSampler(5, 8, num_batches=1, step=0)

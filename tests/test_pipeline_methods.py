@@ -5,12 +5,16 @@ import torch
 
 import main
 import training
+from quantization import QRampingCalibrator
 from training import read_log
 
 from pipeline_helpers import assert_states_equal, tiny_config
 
 STEPS_PER_EPOCH = 8  # 256 images, batch 32
 QRAMPING_FAST = "method.recipe.qramping.calib_steps=3"
+# The random parts of the data on (RandAugment, random erasing, Mixup/CutMix, repeated augmentation) and drop path.
+AUGMENTED = ["aug.no_aug=false", "aug.reprob=0.25", "aug.mixup=0.8", "aug.cutmix=1.0", "aug.smoothing=0.1",
+             "aug.repeated_aug=3", "model.drop_path=0.1"]
 
 
 def _run(tmp_path, method, *overrides, **kwargs):
@@ -39,6 +43,49 @@ def test_qramping_calibrates_each_epoch_and_sets_periods(tmp_path):
     assert all(1 <= r["max_period"] <= STEPS_PER_EPOCH and r["seconds"] > 0 for r in records)
 
 
+def _record_inputs(monkeypatch, calibrate: bool) -> dict:
+    """Every training-mode forward's input, filed under "train" or "calibration"; with ``calibrate`` false no
+    calibration runs (the same run with Q-Ramping's calibrations removed)."""
+    seen = {"train": [], "calibration": []}
+    phase = ["train"]
+    build_model, calibrate_fn = main.build_model, QRampingCalibrator.calibrate
+
+    def recording_model(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        model.register_forward_pre_hook(lambda m, inputs: seen[phase[0]].append(inputs[0].clone()) if m.training
+                                        else None)
+        return model
+
+    def calibrating(self, train_step, restore=()):
+        phase[0] = "calibration"
+        try:
+            return calibrate_fn(self, train_step, restore)
+        finally:
+            phase[0] = "train"
+
+    monkeypatch.setattr(main, "build_model", recording_model)
+    monkeypatch.setattr(QRampingCalibrator, "calibrate", calibrating)
+    if not calibrate:
+        monkeypatch.setattr(QRampingCalibrator, "due", lambda self, step: False)
+    return seen
+
+
+def test_qramping_calibration_draws_fresh_batches_and_leaves_the_training_batches_alone(tmp_path, monkeypatch):
+    overrides = ["train.epochs=2", QRAMPING_FAST, *AUGMENTED]
+    with monkeypatch.context() as patch:
+        calibrated = _record_inputs(patch, calibrate=True)
+        _run(tmp_path / "calibrated", "tetrajet_qramping", *overrides)
+    with monkeypatch.context() as patch:
+        plain = _record_inputs(patch, calibrate=False)
+        _run(tmp_path / "plain", "tetrajet_qramping", *overrides)
+    assert len(calibrated["calibration"]) == 2 * 3 and not plain["calibration"]
+    batches = calibrated["calibration"]
+    assert all(not torch.equal(a, b) for i, a in enumerate(batches) for b in batches[i + 1:])
+    assert not any(torch.equal(a, b) for a in batches for b in calibrated["train"])
+    assert len(calibrated["train"]) == len(plain["train"]) == 2 * STEPS_PER_EPOCH
+    assert all(torch.equal(a, b) for a, b in zip(calibrated["train"], plain["train"]))
+
+
 def test_dampen_and_freeze_runs_finish(tmp_path):
     _, dampened = _run(tmp_path / "dampen", "tetrajet_dampen")
     _, plain = _run(tmp_path / "plain", "tetrajet")
@@ -47,8 +94,10 @@ def test_dampen_and_freeze_runs_finish(tmp_path):
     assert 0 <= frozen["test_acc1"] <= 100
 
 
-@pytest.mark.parametrize("method,extra", [("tetrajet_qema", []), ("tetrajet_qramping", [QRAMPING_FAST]),
-                                          ("tetrajet_freeze", [])])
+@pytest.mark.parametrize("method,extra", [
+    ("tetrajet_qema", []), ("tetrajet_qramping", [QRAMPING_FAST]), ("tetrajet_freeze", []),
+    ("tetrajet_qramping", [QRAMPING_FAST, *AUGMENTED, "data.num_workers=2"]),
+])
 def test_resume_is_exact(tmp_path, method, extra):
     overrides = ["train.epochs=2", "train.model_ema=true", *extra]
     _run(tmp_path / "straight", method, *overrides)
