@@ -38,15 +38,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
                     extra_loss: Optional[Callable[[int], torch.Tensor]] = None,
                     calibrator: Optional[QRampingCalibrator] = None,
                     calib_batches: Optional[Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]] = None,
+                    before_step: Optional[Callable[[int], object]] = None,
                     after_step: Optional[Callable[[int], object]] = None) -> dict:
-    """Train over ``loader`` once; returns the epoch's mean loss, lr, global images/s and peak GPU memory.
+    """Train over ``loader`` once; returns the epoch's mean loss, lr (at its first step), global images/s and peak
+    GPU memory.
 
     The loss is averaged over ranks before the backward pass; a non-finite value raises NonFiniteLossError on every
     rank at the same step, before any weight changes. ``extra_loss(step)`` is added to the loss (e.g. Dampen's
     regularizer). ``calibrator`` (Q-Ramping) calibrates before each step it says is due, each calibration step on the
     next batch of ``calib_batches(step)`` (a loader of its own: the training batches stay those of ``loader``), and
-    restores everything afterwards; gradients are clipped before Q-Ramping accumulates them. ``after_step(step)``
-    runs after each step (e.g. the oscillation monitor).
+    restores everything afterwards; gradients are clipped before Q-Ramping accumulates them. ``before_step(step)``
+    runs before each step and its calibration (e.g. a per-iteration learning-rate schedule), ``after_step(step)``
+    after each step (e.g. the oscillation monitor).
     """
     if calibrator is not None and calib_batches is None:
         raise ValueError("a Q-Ramping calibrator needs calib_batches, the batches its calibration steps train on")
@@ -54,7 +57,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     device = ctx.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    lr = optimizer.param_groups[0]["lr"]
+    first_lr = None
     loss_sum, steps, images = 0.0, 0, 0
     start = time.perf_counter()
     progress = _progress(loader, ctx, f"epoch {epoch}")
@@ -66,7 +69,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
             loss = loss + extra_loss(step)
         loss_value = all_reduce_sum(loss.detach().float()).item() / ctx.world_size
         if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, step {step} (lr {lr:.3g})")
+            raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, step {step} "
+                                     f"(lr {optimizer.param_groups[0]['lr']:.3g})")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_grad is not None:
@@ -82,6 +86,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         if mixup is not None:
             samples, targets = mixup(samples, targets)
         step = first_step + steps
+        if before_step is not None:
+            before_step(step)
+        lr = optimizer.param_groups[0]["lr"]
+        first_lr = lr if first_lr is None else first_lr
         if calibrator is not None and calibrator.due(step):
             batches = calib_batches(step)
             record = calibrator.calibrate(lambda i: train_step(*next(batches), step), restore=[scaler])
@@ -100,7 +108,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - start
-    return {"train_loss": loss_sum / max(steps, 1), "lr": lr, "steps": steps, "train_time_s": elapsed,
+    return {"train_loss": loss_sum / max(steps, 1), "lr": first_lr, "steps": steps, "train_time_s": elapsed,
             "images_per_s": images / elapsed,
             "peak_mem_mib": torch.cuda.max_memory_allocated(device) / MIB if device.type == "cuda" else None}
 

@@ -110,7 +110,6 @@ class Trainer:
         self.lr = training.scaled_lr(config.optim.lr, self.global_batch)
         self.optimizer = training.build_optimizer(self.model, config.optim, self.lr,
                                                   ramping=recipe.qramping is not None)
-        self.scheduler = training.build_scheduler(self.optimizer, config.optim, config.train.epochs)
         self.amp_dtype = AMP_DTYPES[config.train.amp]
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.train.amp == "fp16")
         self.criterion = training.build_criterion(config.aug, self.mixup is not None)
@@ -123,6 +122,8 @@ class Trainer:
         self.loaders = build_loaders(self.data, config.data, config.aug.repeated_aug, config.train.seed, ctx.rank,
                                      ctx.world_size)
         self.total_steps = config.train.epochs * len(self.loaders.train)
+        self.scheduler = training.build_scheduler(self.optimizer, config.optim, config.train.epochs,
+                                                  len(self.loaders.train), self.global_batch)
         # Optimizer-step hooks of the oscillation-reducing methods; their state lives in the model's buffers.
         if recipe.uses_qema:
             attach_qema(self.model, self.optimizer)
@@ -216,7 +217,7 @@ class Trainer:
     def train_epoch(self, epoch: int, logger: training.RunLogger) -> dict:
         """Train one epoch, evaluate the model (and its EMA), log and checkpoint; returns the epoch's record."""
         self.loaders.set_epoch(epoch)
-        self.scheduler.step(epoch)
+        self.scheduler.start_epoch(epoch)
         try:
             stats = engine.train_one_epoch(
                 self.train_model, self.loaders.train, self.criterion, self.optimizer, self.scaler, self.ctx, epoch,
@@ -225,6 +226,7 @@ class Trainer:
                 first_step=epoch * len(self.loaders.train), calibrator=self.calibrator,
                 calib_batches=self.calib_batches,
                 extra_loss=self.dampen_loss if self.recipe.dampen is not None else None,
+                before_step=self.scheduler.before_step,
                 after_step=self.observe if self.monitor is not None else None)
         except engine.NonFiniteLossError as error:
             raise engine.NonFiniteLossError(f"{error}; run stopped: {self.stop_note()}") from None

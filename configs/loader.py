@@ -14,7 +14,7 @@ import yaml
 
 from quantization import Recipe, get_recipe
 
-from .schema import AMP_MODES, DEVICES, MethodConfig, RunConfig, choices_error
+from .schema import AMP_MODES, DEVICES, SCHED_INTERVALS, MethodConfig, RunConfig, choices_error
 
 _FREE_FORM = {("model", "timm_kwargs"), ("method", "recipe")}  # mappings whose keys the schema does not fix
 
@@ -95,6 +95,13 @@ def validate(config: RunConfig) -> None:
         raise choices_error("train.amp", config.train.amp, AMP_MODES)
     if config.train.device not in DEVICES:
         raise choices_error("train.device", config.train.device, DEVICES)
+    if config.optim.sched_interval not in SCHED_INTERVALS:
+        raise choices_error("optim.sched_interval", config.optim.sched_interval, SCHED_INTERVALS)
+    if config.optim.warmup_epochs < 0:
+        raise ValueError(f"optim.warmup_epochs must be >= 0, got {config.optim.warmup_epochs}")
+    if config.optim.warmup_prefix and config.optim.warmup_epochs >= config.train.epochs:
+        raise ValueError(f"optim.warmup_prefix leaves no epochs for the cosine: optim.warmup_epochs="
+                         f"{config.optim.warmup_epochs} must be below train.epochs={config.train.epochs}")
     positive = {"train.epochs": config.train.epochs, "data.batch_size": config.data.batch_size,
                 "aug.repeated_aug": config.aug.repeated_aug, "model.img_size": config.model.img_size,
                 "model.in_chans": config.model.in_chans, "train.log_interval": config.train.log_interval}

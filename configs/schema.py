@@ -9,6 +9,7 @@ from typing import Any, Optional, Union
 
 AMP_MODES = ("bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+SCHED_INTERVALS = ("epoch", "step")
 
 
 @dataclass
@@ -73,7 +74,11 @@ class AugConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimizer and cosine learning-rate schedule; ``lr`` is for a global batch of 512 and scales linearly."""
+    """Optimizer and cosine learning-rate schedule; ``lr`` is for a global batch of 512 and scales linearly.
+
+    The defaults are DeiT's schedule: one value per epoch, the warm-up inside the cosine's span, warm-up and minimum
+    rates as given. Swin's: ``sched_interval: step``, ``warmup_prefix: true``, ``scale_warmup_min_lr: true``.
+    """
 
     name: str = "adamw"
     lr: float = 5e-4
@@ -84,6 +89,9 @@ class OptimConfig:
     warmup_epochs: int = 5
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
+    sched_interval: str = "epoch"  # "epoch": the rate changes once per epoch; "step": before every iteration
+    warmup_prefix: bool = False  # true: warm-up first, then a cosine over the remaining epochs
+    scale_warmup_min_lr: bool = False  # true: warmup_lr and min_lr scale with the global batch like lr
 
 
 @dataclass

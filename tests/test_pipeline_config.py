@@ -61,6 +61,10 @@ def test_unknown_section_and_override_key():
     ("train.amp=fp8", "unknown train.amp 'fp8'; valid choices: bf16, fp16, fp32"),
     ("train.device=tpu", "unknown train.device 'tpu'; valid choices: auto, cpu, cuda"),
     ("data.batch_size=0", "data.batch_size must be at least 1, got 0"),
+    ("optim.sched_interval=iteration", "unknown optim.sched_interval 'iteration'; valid choices: epoch, step"),
+    ("optim.scale_warmup_min_lr=yes please", "optim.scale_warmup_min_lr must be true/false"),
+    ("optim.warmup_epochs=-1", "optim.warmup_epochs must be >= 0, got -1"),
+    ("optim.warmup_prefix=true", "optim.warmup_epochs=5 must be below train.epochs=5"),
     ("method.recipe=tetrajetx", "unknown recipe 'tetrajetx'; valid choices: bf16"),
     ("method.recipe={base: tetrajet, q7: null}", r"unknown recipe keys \['q7'\]"),
     ("method.recipe={base: tetrajet, q1: {fmt: e2m1, rounding: up}}", "rounding"),
@@ -69,7 +73,7 @@ def test_unknown_section_and_override_key():
 ])
 def test_bad_values_are_rejected_with_a_clear_message(override, message):
     with pytest.raises(ValueError, match=message):
-        load_config([], [override])
+        load_config([], [override, "train.epochs=5"] if "warmup_prefix" in override else [override])
 
 
 def test_missing_or_malformed_file(tmp_path):

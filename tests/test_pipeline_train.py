@@ -1,6 +1,7 @@
 """main.py end to end on the CPU: Fashion-MNIST through its IDX files and as an ImageFolder tree, exact resume,
 NaN/Inf stop, and batch problems caught before training."""
 import hashlib
+import math
 import subprocess
 import sys
 
@@ -72,6 +73,27 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, workers):
     timing = ("train_time_s", "images_per_s")
     assert [{k: v for k, v in r.items() if k not in timing} for r in read_log(tmp_path / "straight")] == \
         [{k: v for k, v in r.items() if k not in timing} for r in read_log(tmp_path / "resumed")]
+
+
+def test_per_iteration_schedule_moves_every_step_and_resumes_exactly(tmp_path):
+    overrides = ["train.epochs=3", "optim.warmup_epochs=1", "optim.sched_interval=step", "optim.warmup_prefix=true",
+                 "optim.scale_warmup_min_lr=true", "optim.warmup_lr=1e-4", "optim.min_lr=1e-5"]
+    main.run(tiny_config(tmp_path / "straight", *overrides))
+    interrupted = tiny_config(tmp_path / "resumed", *overrides)
+    main.run(interrupted, stop_after_epochs=2)
+    main.run(interrupted, resume="auto")
+    straight, resumed = _checkpoint(tmp_path / "straight"), _checkpoint(tmp_path / "resumed")
+    for key in ("model", "optimizer", "scheduler", "rng"):
+        assert_states_equal(straight[key], resumed[key], key)
+    rates = [(r["step"], r["lr"]) for r in read_log(tmp_path / "resumed", "step")]
+    assert rates == [(r["step"], r["lr"]) for r in read_log(tmp_path / "straight", "step")]
+    # 8 steps an epoch at batch 32 (lr 1.6e-2 x 32/512 = 1e-3; warm-up 1e-4 and minimum 1e-5 scaled the same way).
+    base, warmup, low = 1e-3, 1e-4 / 16, 1e-5 / 16
+    expected = {1: warmup + (base - warmup) / 8, 7: warmup + 7 * (base - warmup) / 8, 9: low + 0.5 * (base - low) *
+                (1 + math.cos(math.pi / 16)), 23: low + 0.5 * (base - low) * (1 + math.cos(math.pi * 15 / 16))}
+    assert {step: lr for step, lr in rates if step in expected} == pytest.approx(expected, rel=1e-9)
+    assert [r["lr"] for r in read_log(tmp_path / "resumed", "epoch")] == pytest.approx([warmup, base, low + 0.5 * (
+        base - low) * (1 + math.cos(math.pi / 2))], rel=1e-9)  # each epoch's first step
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule and training criterion of the DeiT recipe."""
+"""Optimizer, the linear learning-rate scaling rule and the training criterion."""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,7 +6,6 @@ from typing import Callable
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
-from timm.scheduler import create_scheduler_v2
 from torch import nn
 
 from configs import AugConfig, OptimConfig, choices_error
@@ -16,6 +15,7 @@ REFERENCE_BATCH = 512  # optim.lr is the learning rate for this global batch (De
 
 
 def scaled_lr(base_lr: float, global_batch: int) -> float:
+    """``base_lr`` (a rate for a global batch of 512) for ``global_batch``."""
     return base_lr * global_batch / REFERENCE_BATCH
 
 
@@ -46,13 +46,6 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, ramping: bool
                              f"(set optim.name=adamw)")
         return _qramping_adamw(model, cfg, lr)
     return OPTIMIZERS[cfg.name](model, cfg, lr)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: int):
-    """Cosine decay over ``epochs`` with a linear warm-up, stepped once per epoch (timm's CosineLRScheduler)."""
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, warmup_epochs=cfg.warmup_epochs,
-                                       warmup_lr=cfg.warmup_lr, min_lr=cfg.min_lr)
-    return scheduler
 
 
 def build_criterion(aug: AugConfig, mixup_active: bool) -> nn.Module:
