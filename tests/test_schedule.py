@@ -61,3 +61,14 @@ def test_swin_schedule_steps_per_iteration_after_a_warmup_prefix_with_scaled_rat
         schedule.before_step(step)
         assert _lr(optimizer) == pytest.approx(value, rel=1e-12), step
     assert cosine(4) == pytest.approx((base + low) / 2)
+
+
+@pytest.mark.parametrize("name", ["swin_tiny", "swin_small"])
+def test_swin_files_follow_the_official_recipe(name):
+    config = load_config([REPO / "configs" / "models" / f"{name}.yaml"])
+    optim = config.optim
+    assert (optim.sched_interval, optim.warmup_prefix, optim.scale_warmup_min_lr) == ("step", True, True)
+    assert (optim.lr, optim.warmup_lr, optim.min_lr, optim.weight_decay) == (5e-4, 5e-7, 5e-6, 0.05)
+    assert (optim.warmup_epochs, optim.clip_grad, config.train.epochs) == (20, 5.0, 90)
+    assert config.model.drop_path == {"swin_tiny": 0.2, "swin_small": 0.3}[name]
+    assert (config.aug.repeated_aug, config.aug.color_jitter, config.train.model_ema) == (1, 0.4, False)
