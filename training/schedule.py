@@ -42,10 +42,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, epochs: 
                     global_batch: int) -> LRSchedule:
     """Cosine decay to ``cfg.min_lr`` after a linear warm-up of ``cfg.warmup_epochs`` from ``cfg.warmup_lr``.
 
-    ``cfg.sched_interval``: "epoch" (one value per epoch) or "step" (one per iteration, ``steps_per_epoch``
-    per epoch). ``cfg.warmup_prefix``: the warm-up comes before a cosine over the remaining epochs (else the cosine spans
-    all epochs and the warm-up overrides its start). ``cfg.scale_warmup_min_lr``: warm-up and minimum rates scale
-    with ``global_batch`` like the base rate (linear scaling by global batch / 512).
+    ``cfg.sched_interval``: "epoch" (one value per epoch) or "step" (one per iteration, ``steps_per_epoch`` per
+    epoch). ``cfg.warmup_prefix``: the warm-up comes before a cosine over the remaining epochs (else the cosine
+    spans all epochs and the warm-up overrides its start). ``cfg.scale_warmup_min_lr``: warm-up and minimum rates
+    scale with ``global_batch`` like the base rate (linear scaling by global batch / 512).
     """
     per_step = cfg.sched_interval == "step"
     warmup_lr, min_lr = cfg.warmup_lr, cfg.min_lr
