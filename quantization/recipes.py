@@ -219,14 +219,17 @@ class Recipe:
         return cls(**fields)
 
 
-def _uniform(name: str, forward: QuantizerConfig, backward: QuantizerConfig, double_quant: bool) -> Recipe:
-    return Recipe(name, forward, forward, backward, backward, backward, backward, double_quant=double_quant)
-
-
 def _tetrajet(name: str = "tetrajet", fwd_fmt: str = "e2m1", bwd_fmt: str = "e2m1", scale_rule: str = "rceil",
               backward_rounding: str = "stochastic", double_quant: bool = True) -> Recipe:
-    return _uniform(name, QuantizerConfig(fwd_fmt, scale_rule, "nearest"),
-                    QuantizerConfig(bwd_fmt, scale_rule, backward_rounding), double_quant)
+    """TetraJet's six quantizers with the given formats, scale rule and backward rounding.
+
+    Only the dY quantizers Q3 and Q5 take the gradient format ``bwd_fmt``; Q4 and Q6 re-quantize the weight and
+    the activation, so they keep the forward format (as the official code does for Table 7)."""
+    forward = QuantizerConfig(fwd_fmt, scale_rule, "nearest")
+    gradient = QuantizerConfig(bwd_fmt, scale_rule, backward_rounding)
+    operand = QuantizerConfig(fwd_fmt, scale_rule, backward_rounding)
+    return Recipe(name, q1=forward, q2=forward, q3=gradient, q4=operand, q5=gradient, q6=operand,
+                  double_quant=double_quant)
 
 
 def _build_registry() -> dict[str, Recipe]:

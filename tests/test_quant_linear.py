@@ -176,3 +176,18 @@ def test_recipe_from_dict_round_trip_and_errors():
         Recipe.from_dict({"name": "x", "q1": {"fmt": "e2m1", "round": "even"}})
     with pytest.raises(ValueError, match="q2 only"):
         Recipe.from_dict({"name": "x", "q1": {"rounding": "ema"}})
+
+
+@pytest.mark.parametrize("fwd", ["e2m1", "e3m0"])
+@pytest.mark.parametrize("bwd", ["e2m1", "e3m0"])
+def test_table7_gradient_format_only_for_the_dy_quantizers(fwd, bwd):
+    """Q3 and Q5 quantize dY in the gradient format; Q4 and Q6 re-quantize W and X and keep the forward format."""
+    recipe = get_recipe(f"table7_{fwd}_{bwd}")
+    assert {role: recipe.quantizer(role).fmt for role in ("q1", "q2", "q3", "q4", "q5", "q6")} == {
+        "q1": fwd, "q2": fwd, "q3": bwd, "q4": fwd, "q5": bwd, "q6": fwd}
+    assert [recipe.quantizer(role).rounding for role in ("q3", "q4", "q5", "q6")] == ["stochastic"] * 4
+
+
+@pytest.mark.parametrize("name", ["table7_e2m1_e3m0", "table7_e3m0_e3m0"])
+def test_table7_recipes_match_composed_reference_quantizers(name):
+    test_matches_composed_reference_quantizers(name)
