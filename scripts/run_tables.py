@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from table_runs import (PROFILES, REPO, TABLES, Job, Launch, child_env, command, get_profile, plan_runs, run_jobs)
-from table_runs.paper import MODEL_HEADERS
+from table_runs import (MODEL_HEADERS, PROFILES, REPO, TABLES, Job, Launch, child_env, command, get_profile, plan_runs,
+                        run_jobs)
 
 LOG_NAME = "console.log"
 

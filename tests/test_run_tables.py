@@ -126,3 +126,12 @@ def test_cli_runs_each_once_and_names_failures(tmp_path, capsys):
     assert len(logs) == 8 and captured.out.count("started ") == 8
     assert "4 of 8 runs failed" in captured.err and "seed1" in captured.err and "seed0" not in captured.err
     assert all("main.py --config" in log.read_text() for log in logs)
+
+
+def test_osc_block_follows_the_model_depth(tmp_path):
+    from table_runs.plan import osc_block
+
+    shallow = tmp_path / "shallow.yaml"
+    shallow.write_text("model:\n  timm_kwargs: {depth: 4}\n")
+    assert osc_block(str(shallow)) == "blocks.3"
+    assert osc_block("configs/models/deit_tiny.yaml") == "blocks.9"
