@@ -22,7 +22,8 @@ from torch import nn
 
 import engine
 import training
-from configs import RunConfig, load_config, method_label, resolve_recipe, save_config
+from configs import (ConfigMismatchError, RunConfig, check_resume_config, load_config, method_label, resolve_recipe,
+                     save_config)
 from datasets import build_datasets, build_loaders, build_mixup, mix_seed
 from models import build_model
 from quantization import OscillationMonitor, QLinear, QRampingCalibrator, attach_freeze, attach_qema, dampen_loss
@@ -258,10 +259,14 @@ def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Opti
     """Train (or continue) the run ``config`` defines; returns the last epoch's record.
 
     Raises engine.NonFiniteLossError, with the state of the last good checkpoint in its message, if the loss
-    becomes NaN/Inf.
+    becomes NaN/Inf, and configs.ConfigMismatchError, before anything is written, if ``resume`` is "auto" and the
+    output directory's config.yaml defines another run. Every process checks before the process group forms, so
+    none reads config.yaml while the main one rewrites it.
     """
-    ctx = training.init_distributed(config.train.device)
     output_dir = Path(config.output_dir)
+    if resume == "auto":
+        check_resume_config(config, output_dir / "config.yaml")
+    ctx = training.init_distributed(config.train.device)
     if ctx.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, output_dir / "config.yaml")
@@ -301,6 +306,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except engine.NonFiniteLossError as error:
         log.error("%s", error)
         return 1
+    except ConfigMismatchError as error:
+        log.error("%s", error)
+        return 2
     finally:
         training.cleanup()
     if record:

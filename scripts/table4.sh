@@ -1,9 +1,5 @@
 #!/usr/bin/env bash
-# Table 4 (DeiT-T / DeiT-S): TetraJet against the oscillation remedies of Nagel et al. 2022, Dampen and Freeze.
-# Environment: see scripts/launch_common.sh (DATA_PATH required; MODELS default "deit_tiny deit_small").
+# Table 4 (DeiT-T / DeiT-S): TetraJet against Dampen and Freeze.
+# The runs are defined in scripts/table_runs/paper.py; environment and options: scripts/launch_common.sh.
 source "$(dirname "$0")/launch_common.sh"
-for model in ${MODELS:-deit_tiny deit_small}; do
-  for method in tetrajet tetrajet_dampen tetrajet_freeze; do
-    launch "$model" "$method" "$method"
-  done
-done
+run_table 4 "$@"

@@ -1,19 +1,22 @@
-"""scripts/make_tables.py: paper tables from fake run directories (log.jsonl + config.yaml), exact Markdown."""
+"""scripts/make_tables.py: paper tables from fake run directories (log.jsonl + config.yaml) where run_tables.py
+puts them, exact Markdown."""
 import json
 
 import pytest
 import yaml
 
-from scripts import make_tables
-from scripts.paper_tables import TABLES
+import make_tables
+from table_runs import TABLES, get_profile, resolve
+from table_runs.paper import DAMPEN, FREEZE, MONITORED, TETRAJET
+
+IMAGENET = get_profile("imagenet")
 
 
-def write_run(run_dir, model, method, accs, epochs=3, seed=0, dataset="imagenet", oscillation=()):
+def write_run(run_dir, accs, epochs=90, seed=0, oscillation=()):
     """A run directory as main.py leaves it: config.yaml and a log.jsonl with one epoch record per accuracy."""
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"data": {"dataset": dataset},
-                                                          "train": {"epochs": epochs, "seed": seed}}))
-    records = [{"type": "run", "method": method, "recipe": method, "model": model}]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": epochs, "seed": seed}}))
+    records = [{"type": "run", "method": "m", "recipe": "m", "model": "x"}]
     for epoch, acc in enumerate(accs):
         records.append({"type": "epoch", "epoch": epoch, "test_acc1": acc, "best_acc1": max(accs[:epoch + 1]),
                         "images_per_s": 100.0, "peak_mem_mib": None, "train_time_s": 60.0})
@@ -22,51 +25,70 @@ def write_run(run_dir, model, method, accs, epochs=3, seed=0, dataset="imagenet"
     (run_dir / "log.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
 
 
+def seed_dir(root, model, run, seed=0, epochs=90, profile=IMAGENET):
+    return resolve(profile, model, run, epochs).directory(root, profile) / f"seed{seed}"
+
+
 @pytest.fixture
 def root(tmp_path):
-    tiny, small = "deit_tiny_patch16_224", "deit_small_patch16_224"
-    write_run(tmp_path / "deit_tiny-90ep/tetrajet", tiny, "tetrajet", [50.0, 58.8, 59.0],
+    monitored = MONITORED[TETRAJET]
+    write_run(seed_dir(tmp_path, "deit_tiny", TETRAJET), [50.0, 58.8, 59.0])
+    write_run(seed_dir(tmp_path, "deit_tiny", TETRAJET, seed=1), [50.0, 59.6, 59.4], seed=1)
+    write_run(seed_dir(tmp_path, "deit_tiny", monitored), [50.0, 58.8],
               oscillation=[(100, 0.9, 0.9), (200, 0.0040, 0.0400)])
-    write_run(tmp_path / "deit_tiny-90ep/tetrajet_seed1", tiny, "tetrajet", [50.0, 59.6, 59.4], seed=1,
-              oscillation=[(200, 0.0050, 0.0402)])
-    write_run(tmp_path / "deit_tiny-90ep/tetrajet_dampen", tiny, "tetrajet_dampen", [58.0, 59.0, 59.75])
-    write_run(tmp_path / "deit_small-90ep/tetrajet", small, "tetrajet", [60.0, 65.5])
-    write_run(tmp_path / "fmnist/tetrajet_freeze", tiny, "tetrajet_freeze", [80.0], dataset="fashion_mnist")
+    write_run(seed_dir(tmp_path, "deit_tiny", monitored, seed=1), [50.0], seed=1, oscillation=[(200, 0.0050, 0.0402)])
+    write_run(seed_dir(tmp_path, "deit_tiny", MONITORED[DAMPEN]), [58.0])
+    write_run(seed_dir(tmp_path, "deit_tiny", DAMPEN), [58.0, 59.0, 59.75])
+    write_run(seed_dir(tmp_path, "deit_small", TETRAJET), [60.0, 65.5])
+    proxy = get_profile("proxy")
+    write_run(seed_dir(tmp_path, "deit_tiny", FREEZE, epochs=20, profile=proxy), [80.0], epochs=20)
     return tmp_path
+
+
+LEGEND = "Cell: ours / paper (ours - paper), n = runs (seeds), range = max - min over them; – = no run yet."
 
 
 def test_table_4_and_3_markdown(root, capsys):
     assert make_tables.main([str(root), "--tables", "4", "3"]) == 0
-    legend = "Cell: ours / paper (ours - paper), n = runs (seeds), range = max - min over them; – = no run yet."
     assert capsys.readouterr().out == "\n".join([
         "### Table 4: Dampen and Freeze (top-1 %, ours: final)",
         "",
         "| method | DeiT-T | DeiT-S |",
         "|---|---|---|",
-        "| TetraJet (`tetrajet`) | 59.20 / 59.75 (-0.55), n=2, range 0.40 | 65.50 (2/3 ep) / 71.03 (-5.53), n=1 |",
-        "| + Dampen (`tetrajet_dampen`) | 59.75 / 59.75 (+0.00), n=1 | – / 70.75 |",
+        "| TetraJet (`tetrajet`) | 59.20 (3/90 ep) / 59.75 (-0.55), n=2, range 0.40 | "
+        "65.50 (2/90 ep) / 71.03 (-5.53), n=1 |",
+        "| + Dampen (`tetrajet_dampen`) | 59.75 (3/90 ep) / 59.75 (+0.00), n=1 | – / 70.75 |",
         "| + Freeze (`tetrajet_freeze`) | – / 16.45 | – / 22.04 |",
         "",
-        legend,
+        LEGEND,
         "",
         "### Table 3: rate of change at the end of training (DeiT-T) (rate of change, last oscillation record)",
         "",
         "| method | r(W_Q) | r(Y), block 9 |",
         "|---|---|---|",
-        "| TetraJet (`tetrajet`) | 0.0045 / 0.0045 (+0.0000), n=2, range 0.0010 | "
-        "0.0401 / 0.0401 (+0.0000), n=2, range 0.0002 |",
-        "| + Dampen (`tetrajet_dampen`) | n/a / 0.0044, n=1 | n/a / 0.0394, n=1 |",
-        "| + Q-EMA (`tetrajet_qema`) | – / 0.0018 | – / 0.0251 |",
-        "| + Q-Ramping (`tetrajet_qramping`) | – / 0.0028 | – / 0.0318 |",
+        "| TetraJet (`tetrajet_monitored`) | 0.0045 (1/90 ep) / 0.0045 (+0.0000), n=2, range 0.0010 | "
+        "0.0401 (1/90 ep) / 0.0401 (+0.0000), n=2, range 0.0002 |",
+        "| + Dampen (`tetrajet_dampen_monitored`) | n/a / 0.0044, n=1 | n/a / 0.0394, n=1 |",
+        "| + Q-EMA (`tetrajet_qema_monitored`) | – / 0.0018 | – / 0.0251 |",
+        "| + Q-Ramping (`tetrajet_qramping_monitored`) | – / 0.0028 | – / 0.0318 |",
         "",
-        legend,
+        LEGEND,
     ]) + "\n"
+
+
+def test_shared_rows_and_profiles(root, capsys):
+    assert make_tables.main([str(root), "--tables", "5"]) == 0
+    assert "| stochastic, double-Q, truncation-free (= TetraJet) (`tetrajet`) | 59.20 (3/90 ep) / 59.75 (-0.55), " \
+           "n=2, range 0.40 |" in capsys.readouterr().out
+    assert make_tables.main([str(root), "--tables", "4", "--profile", "proxy"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[6] == "| + Freeze (`tetrajet_freeze`) | 80.00 (1/20 ep) / 16.45 (+63.55), n=1 | – / 22.04 |"
 
 
 def test_metric_best(root, capsys):
     make_tables.main([str(root), "--tables", "4", "--metric", "best"])
     rows = capsys.readouterr().out.splitlines()
-    assert rows[4].startswith("| TetraJet (`tetrajet`) | 59.30 / 59.75 (-0.45), n=2, range 0.60 |")
+    assert rows[4].startswith("| TetraJet (`tetrajet`) | 59.30 (3/90 ep) / 59.75 (-0.45), n=2, range 0.60 |")
 
 
 def test_figures_are_written(root, tmp_path):
@@ -81,19 +103,23 @@ def test_errors(root, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert make_tables.main([str(empty)]) == 1
-    assert "no imagenet runs" in capsys.readouterr().err
+    assert "no runs of these tables" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         make_tables.main([str(root), "--tables", "11"])
     assert "choose from 1, 2, 3, 4, 5, 6, 7, 8, 9, 10" in capsys.readouterr().err
-    write_run(root / "deit_tiny-30ep/tetrajet", "deit_tiny_patch16_224", "tetrajet", [40.0], epochs=30)
-    assert make_tables.main([str(root), "--tables", "4"]) == 1
-    assert "configured for different epochs" in capsys.readouterr().err
+    assert make_tables.main([str(root), "--tables", "4", "--epochs", "30"]) == 1
+    assert "no runs of these tables" in capsys.readouterr().err
+    write_run(seed_dir(root, "deit_tiny", TETRAJET, epochs=30), [40.0], epochs=30)
     assert make_tables.main([str(root), "--tables", "4", "--epochs", "30"]) == 0
     assert "| TetraJet (`tetrajet`) | 40.00 (1/30 ep) / 59.75 (-19.75), n=1 | – / 71.03 |" in capsys.readouterr().out
+    write_run(seed_dir(root, "deit_tiny", FREEZE), [10.0], epochs=30)
+    assert make_tables.main([str(root), "--tables", "4"]) == 1
+    assert "configured for other epochs than the 90 of their directory" in capsys.readouterr().err
 
 
 def test_paper_tables_are_complete():
     assert sorted(TABLES) == list(range(1, 11))
     for table in TABLES.values():
         assert all(len(row.paper) == len(table.columns) for row in table.rows)
+        assert len({row.run for row in table.rows}) == len(table.rows)
         assert len({row.label for row in table.rows}) == len(table.rows)
