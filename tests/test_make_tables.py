@@ -41,7 +41,7 @@ def root(tmp_path):
     write_run(seed_dir(tmp_path, "deit_tiny", DAMPEN), [58.0, 59.0, 59.75])
     write_run(seed_dir(tmp_path, "deit_small", TETRAJET), [60.0, 65.5])
     proxy = get_profile("proxy")
-    write_run(seed_dir(tmp_path, "deit_tiny", FREEZE, epochs=20, profile=proxy), [80.0], epochs=20)
+    write_run(seed_dir(tmp_path, "deit_tiny", FREEZE, epochs=10, profile=proxy), [80.0], epochs=10)
     return tmp_path
 
 
@@ -66,11 +66,11 @@ def test_table_4_and_3_markdown(root, capsys):
         "",
         "| method | r(W_Q) | r(Y), block 9 |",
         "|---|---|---|",
-        "| TetraJet (`tetrajet_monitored`) | 0.0045 (1/90 ep) / 0.0045 (+0.0000), n=2, range 0.0010 | "
+        "| TetraJet (`tetrajet`) | 0.0045 (1/90 ep) / 0.0045 (+0.0000), n=2, range 0.0010 | "
         "0.0401 (1/90 ep) / 0.0401 (+0.0000), n=2, range 0.0002 |",
-        "| + Dampen (`tetrajet_dampen_monitored`) | n/a / 0.0044, n=1 | n/a / 0.0394, n=1 |",
-        "| + Q-EMA (`tetrajet_qema_monitored`) | – / 0.0018 | – / 0.0251 |",
-        "| + Q-Ramping (`tetrajet_qramping_monitored`) | – / 0.0028 | – / 0.0318 |",
+        "| + Dampen (`tetrajet_dampen`) | n/a / 0.0044, n=1 | n/a / 0.0394, n=1 |",
+        "| + Q-EMA (`tetrajet_qema`) | – / 0.0018 | – / 0.0251 |",
+        "| + Q-Ramping (`tetrajet_qramping`) | – / 0.0028 | – / 0.0318 |",
         "",
         LEGEND,
     ]) + "\n"
@@ -82,7 +82,7 @@ def test_shared_rows_and_profiles(root, capsys):
            "n=2, range 0.40 |" in capsys.readouterr().out
     assert make_tables.main([str(root), "--tables", "4", "--profile", "proxy"]) == 0
     rows = capsys.readouterr().out.splitlines()
-    assert rows[6] == "| + Freeze (`tetrajet_freeze`) | 80.00 (1/20 ep) / 16.45 (+63.55), n=1 | – / 22.04 |"
+    assert rows[6] == "| + Freeze (`tetrajet_freeze`) | 80.00 (1/10 ep) / 16.45 (+63.55), n=1 | – / 22.04 |"
 
 
 def test_metric_best(root, capsys):

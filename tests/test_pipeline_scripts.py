@@ -68,7 +68,7 @@ def test_quick_option_runs_the_deit_tiny_rows_on_fashion_mnist(script):
     assert {method_label(config) for _, _, config in quick} == (tiny if quick else set())
     for command, _, config in quick:
         assert "torch.distributed.run" not in command and command[1] == "main.py"
-        assert config.data.dataset == "fashion_mnist" and config.model.img_size == 28 and config.train.epochs == 20
+        assert config.data.dataset == "fashion_mnist" and config.model.img_size == 28 and config.train.epochs == 10
         assert config.data.path == "/usr/share/datasets/fashion-mnist"
         assert "/output/proxy/deit_tiny/" in config.output_dir
 

@@ -80,8 +80,9 @@ QEMA = Run("tetrajet_qema", "tetrajet_qema", tuned=True)
 QRAMPING = Run("tetrajet_qramping", "tetrajet_qramping", tuned=True)
 DAMPEN = Run("tetrajet_dampen", "tetrajet_dampen")
 FREEZE = Run("tetrajet_freeze", "tetrajet_freeze")
-# Table 3's runs record oscillation metrics: their own configurations, apart from Tables 2 and 4's.
-MONITORED = {run: Run(f"{run.label}_monitored", run.method, run.overrides, run.tuned, monitor=True)
+# Table 3's runs record oscillation metrics: in a profile without the monitor on for every run they are their own
+# configurations (their own overrides, so their own directories), apart from Tables 2 and 4's.
+MONITORED = {run: Run(run.label, run.method, run.overrides, run.tuned, monitor=True)
              for run in (TETRAJET, DAMPEN, QEMA, QRAMPING)}
 
 

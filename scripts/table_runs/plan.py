@@ -89,7 +89,7 @@ def resolve(profile: Profile, model: str, run: Run, epochs: int) -> RunConfigFil
                          f"{', '.join(profile.models)}")
     model_file = f"configs/models/{profile.models[model]}.yaml"
     overrides = [*profile.overrides, f"train.epochs={epochs}", *run.overrides]
-    if run.monitor:
+    if run.monitor and not profile.monitored:
         overrides += [f"train.osc_interval={OSC_INTERVAL}", f"train.osc_window={OSC_WINDOW}",
                       f"train.osc_block={osc_block(model_file)}"]
     return RunConfigFiles(model, model_file, method_file(run, model), tuple(overrides), run.label)
