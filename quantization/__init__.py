@@ -15,12 +15,13 @@ __all__ += ["MXLinearFunction", "QLinear", "RECIPES", "ROLES", "QuantizerConfig"
 from .dampen import dampen_loss
 from .ema import attach_qema
 from .freeze import attach_freeze
-from .oscillation import OscillationMonitor, OscillationRatio, RateOfChange, quant_conf
+from .oscillation import (OscillationMonitor, OscillationRatio, RateOfChange, block_output, nudged_output_change,
+                          quant_conf)
 from .ramping import QRampingAdamW, QRampingCalibrator
 from .recipes import DampenConfig, FreezeConfig, QRampingConfig
 
 __all__ += ["dampen_loss", "attach_qema", "attach_freeze", "OscillationMonitor", "OscillationRatio", "RateOfChange",
-            "quant_conf", "QRampingAdamW", "QRampingCalibrator", "DampenConfig", "FreezeConfig", "QRampingConfig"]
+            "block_output", "nudged_output_change", "quant_conf", "QRampingAdamW", "QRampingCalibrator", "DampenConfig", "FreezeConfig", "QRampingConfig"]
 from .tseng import TsengConfig, tseng_linear
 from .wang import WangConfig, wang_linear
 

@@ -119,6 +119,41 @@ def _quantizer(layer: QLinear) -> QuantizerConfig:
     return layer.recipe.q2 or MEASURE_QUANTIZER
 
 
+@torch.no_grad()
+def block_output(model: nn.Module, block: str, probe: torch.Tensor, amp_dtype: torch.dtype | None = None
+                 ) -> torch.Tensor:
+    """The output of module ``block`` (fp32) when ``model`` runs ``probe`` in eval mode (no drop path, the
+    forward's own quantized weights), under autocast to ``amp_dtype``; the model's mode is restored."""
+    captured = []
+    handle = model.get_submodule(block).register_forward_hook(lambda m, i, o: captured.append(o))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(probe.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            model(probe)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return captured[0].float()
+
+
+@torch.no_grad()
+def nudged_output_change(model: nn.Module, block: str, probe: torch.Tensor, parameter: nn.Parameter,
+                         nudge: float = 1e-3, amp_dtype: torch.dtype | None = None) -> float:
+    """||Y' - Y||_F / ||Y||_F for the output Y of ``block`` on ``probe`` when the first element of ``parameter``
+    moves by ``nudge`` (then moves back): the floor under r(Y) that a step of any size sets when the forward
+    rounds activations to the nearest grid value, which makes it discontinuous."""
+    before = block_output(model, block, probe, amp_dtype)
+    flat = parameter.view(-1)
+    original = flat[0].clone()
+    flat[0] += nudge
+    try:
+        after = block_output(model, block, probe, amp_dtype)
+    finally:
+        flat[0] = original
+    return float((after - before).norm() / before.norm())
+
+
 class OscillationMonitor:
     """Training callback: every ``interval`` optimizer steps, follow the next ``window`` consecutive steps and log
     r(W), r(Q(W)), r(Y) (Y: output of module ``block`` on the fixed ``probe`` batch), the share of weights with
@@ -215,18 +250,7 @@ class OscillationMonitor:
         return [(low + high) / 2 for low, high in zip(grid, grid[1:])]
 
     def _probe_output(self) -> torch.Tensor:
-        captured = []
-        handle = self.model.get_submodule(self.block).register_forward_hook(lambda m, i, o: captured.append(o))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            device = self.probe.device.type
-            with torch.autocast(device, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                self.model(self.probe)
-        finally:
-            handle.remove()
-            self.model.train(was_training)
-        return captured[0].float()
+        return block_output(self.model, self.block, self.probe, self.amp_dtype)
 
     def _finish(self, step: int, epoch: float | None) -> dict:
         names = list(self.layers)

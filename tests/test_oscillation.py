@@ -163,3 +163,25 @@ def test_plot_script_makes_the_four_figures(tmp_path):
     assert all(p.stat().st_size > 10_000 for p in written)
     with pytest.raises(ValueError, match="no oscillation window ends at step 5; windows end at"):
         plot.main([*runs, "--out", str(tmp_path / "figures"), "--step", "5"])
+
+
+def test_nearest_activation_rounding_sets_a_floor_under_r_y():
+    """Why r(Y) of a quantized ViT stays high when the weights barely move (docs/proxy-study.md): in the proxy's
+    model (width 192, 8 blocks) nudging one unquantized bias element of block 0 by 1e-3 changes block 6's output by
+    about 5% when Q1 rounds the activations, and by about 0.02% without Q1; the model is left as it was."""
+    import dataclasses
+
+    from models import build_model
+    from quantization import get_recipe, nudged_output_change
+
+    probe = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    changes = {}
+    for name, recipe in (("tetrajet", get_recipe("tetrajet")),
+                         ("no q1", dataclasses.replace(get_recipe("tetrajet"), q1=None))):
+        torch.manual_seed(0)
+        model = build_model("deit_tiny_patch16_224", recipe, img_size=28, patch_size=4, in_chans=1, num_classes=10,
+                            depth=8)
+        before = copy.deepcopy(model.state_dict())
+        changes[name] = nudged_output_change(model, "blocks.6", probe, model.blocks[0].attn.proj.bias)
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert changes["tetrajet"] > 0.02 and changes["no q1"] < changes["tetrajet"] / 30
