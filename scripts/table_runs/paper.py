@@ -102,7 +102,7 @@ TABLES: dict[int, PaperTable] = {table.number: table for table in (
         Row(_ablation("tetrajet_only_q5"), "Q5 only", (63.81, 73.25)),
         Row(_ablation("tetrajet_only_q6"), "Q6 only", (63.78, 73.13)),
         Row(TETRAJET, "all six", (59.75, 71.03)))),
-    PaperTable(2, "main results, 90 epochs", ALL_MODELS, (
+    PaperTable(2, "main results", ALL_MODELS, (
         Row(BF16, "full precision", (63.73, 73.33, 75.57, 78.35, 80.44)),
         Row(INT4, "INT4 per-tensor", (40.14, 60.07, 68.13, 74.22, 75.74)),
         Row(MICROSCALING, "Microscaling", (58.56, 70.10, 74.54, 76.87, 79.45)),
