@@ -4,9 +4,10 @@
     python scripts/run_tables.py --profile proxy --tables 1 2 3 4 5 7 8 --seeds 0 1 2 --jobs 4
 
 A run lives in <output>/<profile>/<model>/<label>-<hash of model file, method file, overrides>/seed<k>; rows of
-several tables that are the same run share it. Re-running continues unfinished runs and skips finished ones; a
+several tables that are the same run share it. Re-running continues unfinished runs and skips finished ones (a log
+that records the last epoch is enough, so results/, which keeps no checkpoints, can be the output root); a
 directory holding another configuration is refused by main.py. Each run's output goes to console.log in its
-directory. --dry-run prints one line per run (directory, tab, command) and "# " notes for skipped models.
+directory. --dry-run prints one line per run (directory, tab, command) and "# " notes for skipped models and runs.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from table_runs import (MODEL_HEADERS, PROFILES, REPO, TABLES, Job, Launch, child_env, command, get_profile, plan_runs,
-                        run_jobs)
+from table_runs import (MODEL_HEADERS, PROFILES, REPO, TABLES, Job, Launch, child_env, command, get_profile,
+                        is_finished, plan_runs, run_jobs)
 
 LOG_NAME = "console.log"
 
@@ -58,7 +59,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"({', '.join(p.name for p in PROFILES.values() if p.launcher == 'python')})", file=sys.stderr)
         return 2
     root = args.output if args.output.is_absolute() else REPO / args.output
-    runs, notes = plan_runs(profile, args.tables, args.models, args.seeds, root, args.epochs or profile.epochs)
+    epochs = args.epochs or profile.epochs
+    runs, notes = plan_runs(profile, args.tables, args.models, args.seeds, root, epochs)
+    finished = [run for run in runs if is_finished(run.directory, epochs)]
+    notes += [f"finished, skipped: {run.directory}" for run in finished]
+    runs = [run for run in runs if run not in finished]
     launch = Launch(python=args.python, data_path=data_path, nproc=args.nproc, nnodes=args.nnodes,
                     node_rank=args.node_rank, master_addr=args.master_addr, master_port=args.master_port)
     if args.dry_run:

@@ -4,6 +4,7 @@ import json
 import shlex
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +139,17 @@ def test_osc_block_follows_the_model_depth(tmp_path):
     shallow.write_text("model:\n  timm_kwargs: {depth: 4}\n")
     assert osc_block(str(shallow)) == "blocks.3"
     assert osc_block("configs/models/deit_tiny.yaml") == "blocks.9"
+
+
+def test_finished_runs_are_skipped_without_checkpoints(capsys, tmp_path):
+    """A run directory whose log records the last epoch (results/ keeps no checkpoints) is not trained again; one
+    that stopped short is."""
+    runs, _ = dry_run(capsys, tmp_path, "--profile", "proxy", "--tables", "2", "--seeds", "0")
+    (done, _), (short, _) = runs[0], runs[1]
+    for directory, last_epoch in ((done, 9), (short, 8)):
+        Path(directory).mkdir(parents=True)
+        records = [{"type": "run"}] + [{"type": "epoch", "epoch": e} for e in range(last_epoch + 1)]
+        (Path(directory) / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    again, notes = dry_run(capsys, tmp_path, "--profile", "proxy", "--tables", "2", "--seeds", "0")
+    assert [d for d, _ in again] == [d for d, _ in runs[1:]]
+    assert f"# finished, skipped: {done}" in notes

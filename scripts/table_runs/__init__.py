@@ -5,9 +5,9 @@ from .claims import CLAIMS, Claim, Comparison, Gap, Verdict, claim_model, evalua
 from .commands import Launch, command
 from .jobs import Job, child_env, run_jobs
 from .paper import MODEL_HEADERS, TABLES, Column, PaperTable, Row, Run
-from .plan import REPO, PlannedRun, RunConfigFiles, plan_runs, resolve
+from .plan import REPO, PlannedRun, RunConfigFiles, is_finished, plan_runs, resolve
 from .profiles import PROFILES, Profile, get_profile
 
 __all__ = ["CLAIMS", "Claim", "Column", "Comparison", "Gap", "Job", "Launch", "MODEL_HEADERS", "PROFILES", "PaperTable",
            "PlannedRun", "Profile", "REPO", "Row", "Run", "RunConfigFiles", "TABLES", "Verdict", "child_env",
-           "claim_model", "command", "evaluate", "get_profile", "plan_runs", "resolve", "run_jobs"]
+           "claim_model", "command", "evaluate", "get_profile", "is_finished", "plan_runs", "resolve", "run_jobs"]

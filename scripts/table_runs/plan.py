@@ -55,6 +55,18 @@ class PlannedRun:
     tables: tuple[int, ...]
 
 
+def is_finished(directory: Path, epochs: int) -> bool:
+    """Whether ``directory``'s log.jsonl records the last of ``epochs`` epochs. Such a run is skipped, even without
+    the checkpoints (results/ keeps only the logs): --resume auto would otherwise train it afresh over its log."""
+    log = Path(directory) / "log.jsonl"
+    if not log.is_file():
+        return False
+    for line in log.read_text().splitlines():
+        if line.strip() and (record := json.loads(line)).get("type") == "epoch" and record["epoch"] == epochs - 1:
+            return True
+    return False
+
+
 def canonical_override(text: str) -> str:
     """``key=value`` with the key stripped and the value as sorted JSON of its YAML reading, so that spellings of
     one value hash alike."""
