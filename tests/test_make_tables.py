@@ -88,7 +88,7 @@ def test_table_4_and_3_markdown(root, capsys):
         "",
         "### Table 3: rate of change at the end of training (DeiT-T) (rate of change, last oscillation record)",
         "",
-        "| method | r(W_Q) | r(Y), block 9 |",
+        "| method | r(W_Q) | r(Y), block at 3/4 depth |",
         "|---|---|---|",
         "| TetraJet (`tetrajet`) | 0.0045 ± 0.0007 (n=2, 1/90 ep) / paper 0.0045 (+0.0000) | "
         "0.0401 ± 0.0001 (n=2, 1/90 ep) / paper 0.0401 (+0.0000) |",

@@ -110,7 +110,7 @@ TABLES: dict[int, PaperTable] = {table.number: table for table in (
         Row(QEMA, "TetraJet + Q-EMA", (60.00, 72.25, 77.32, 77.30, 79.74)),
         Row(QRAMPING, "TetraJet + Q-Ramping", (60.31, 71.32, 75.62, 77.33, 79.67)))),
     PaperTable(3, "rate of change at the end of training (DeiT-T)",
-               (Column("r(W_Q)", DEIT_T, "r_q"), Column("r(Y), block 9", DEIT_T, "r_y")), (
+               (Column("r(W_Q)", DEIT_T, "r_q"), Column("r(Y), block at 3/4 depth", DEIT_T, "r_y")), (
         Row(MONITORED[TETRAJET], "TetraJet", (0.0045, 0.0401)),
         Row(MONITORED[DAMPEN], "+ Dampen", (0.0044, 0.0394)),
         Row(MONITORED[QEMA], "+ Q-EMA", (0.0018, 0.0251)),
