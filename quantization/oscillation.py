@@ -223,7 +223,7 @@ class OscillationMonitor:
         self._ratio = OscillationRatio()
         layer = self.layers[self.trace_layer]
         if self._trace_index is None:
-            closeness = 1 - quant_conf(layer.weight, _quantizer(layer)).flatten()
+            closeness = 1 - quant_conf(self._forward_weight(layer), _quantizer(layer)).flatten()
             self._trace_index = closeness.topk(min(self.trace_count, closeness.numel())).indices
         self._trace_v: list[list[float]] = []
         self._trace_q: list[list[float]] = []
@@ -240,9 +240,16 @@ class OscillationMonitor:
             self._rates["r_y"].update(self._probe_output())
         layer = self.layers[self.trace_layer]
         index = self._trace_index
-        scale = block_scales(layer.weight, _quantizer(layer)).flatten()[index]
-        self._trace_v.append((layer.weight.detach().flatten()[index].float() / scale).tolist())
+        weight = self._forward_weight(layer)
+        scale = block_scales(weight, _quantizer(layer)).flatten()[index]
+        self._trace_v.append((weight.flatten()[index].float() / scale).tolist())
         self._trace_q.append((quantized[layers.index(layer)].flatten()[index].float() / scale).tolist())
+
+    def _forward_weight(self, layer: QLinear) -> torch.Tensor:
+        """The weight as the forward's quantizer sees it (cast to the autocast dtype): QuantConf and the traces
+        must place it where Q(W) does, or a bf16 tie would look like a weight just below a threshold."""
+        weight = layer.weight.detach()
+        return weight if self.amp_dtype is None else weight.to(self.amp_dtype)
 
     def _thresholds(self) -> list[float]:
         """The positive rounding thresholds of the trace layer's grid, in units of the block scale."""
@@ -256,7 +263,7 @@ class OscillationMonitor:
         names = list(self.layers)
         ratios = self._ratio.ratios()
         all_ratios = torch.cat([r.flatten() for r in ratios])
-        confs = torch.cat([quant_conf(m.weight, _quantizer(m)).flatten() for m in self.layers.values()])
+        confs = torch.cat([quant_conf(self._forward_weight(m), _quantizer(m)).flatten() for m in self.layers.values()])
         record = {"type": "oscillation", "step": step, "window": self.window,
                   "r_w": self._rates["r_w"].value, "r_q": self._rates["r_q"].value,
                   "osc_share": float((all_ratios > OSCILLATING_RATIO).float().mean()),

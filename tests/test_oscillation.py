@@ -185,3 +185,19 @@ def test_nearest_activation_rounding_sets_a_floor_under_r_y():
         changes[name] = nudged_output_change(model, "blocks.6", probe, model.blocks[0].attn.proj.bias)
         assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert changes["tetrajet"] > 0.02 and changes["no q1"] < changes["tetrajet"] / 30
+
+
+def test_monitor_places_weights_where_the_bf16_forward_quantizes_them():
+    """Under bf16 autocast the traces and QuantConf use the bf16-cast weight, as Q(W) does: each traced v rounds to
+    its q (a weight whose bf16 cast is a tie must not look like one just below the threshold)."""
+    torch.manual_seed(0)
+    model = _Net()
+    monitor = OscillationMonitor(model, interval=10, window=3, traces=4, amp_dtype=torch.bfloat16)
+    torch.manual_seed(1)
+    records, snapshots = _run(monitor, model, torch.optim.SGD(model.parameters(), lr=0.1), 4)
+    trace = records[0]["traces"][0]
+    for t in range(4):
+        w = snapshots[t][0].to(torch.bfloat16)
+        scale = block_scales(w, QuantizerConfig()).flatten()[trace["index"]]
+        assert trace["v"][t] == pytest.approx(float(w.float().flatten()[trace["index"]] / scale.float()))
+        assert trace["q"][t] == float(quantize(w).float().flatten()[trace["index"]] / scale.float())
