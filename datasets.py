@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as tv_transforms
 
-from configs import AugConfig, DataConfig, choices_error
+from configs import AugConfig, ConfigError, DataConfig, choices_error
 
 DATASETS = ("imagenet", "fashion_mnist", "cifar10", "cifar100")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
@@ -65,7 +65,7 @@ class ConvertMode:
 
     def __init__(self, in_chans: int) -> None:
         if in_chans not in (1, 3):
-            raise ValueError(f"images can be fed with 1 or 3 channels, not model.in_chans={in_chans}")
+            raise ConfigError(f"images can be fed with 1 or 3 channels, not model.in_chans={in_chans}")
         self.mode = "L" if in_chans == 1 else "RGB"
 
     def __call__(self, image: Image.Image) -> Image.Image:

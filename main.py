@@ -22,9 +22,8 @@ from torch import nn
 
 import engine
 import training
-from configs import (ConfigMismatchError, RunConfig, check_resume_config, load_config, method_label, resolve_recipe,
-                     save_config)
-from datasets import build_datasets, build_loaders, build_mixup, mix_seed
+from configs import ConfigError, RunConfig, check_resume_config, load_config, method_label, resolve_recipe, save_config
+from datasets import DatasetNotFoundError, build_datasets, build_loaders, build_mixup, mix_seed
 from models import build_model
 from quantization import OscillationMonitor, QLinear, QRampingCalibrator, attach_freeze, attach_qema, dampen_loss
 
@@ -32,6 +31,9 @@ log = logging.getLogger("tetrajet")
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 LAST, BEST = "checkpoint_last.pth", "checkpoint_best.pth"
+CHECKPOINT_KEYS = ("epoch", "best_acc1", "model", "model_ema", "optimizer", "scheduler", "scaler", "rng")
+# Errors in what the user asked for, reported in one line with exit status 2 (ConfigMismatchError is a ConfigError).
+USER_ERRORS = (ConfigError, DatasetNotFoundError, training.CheckpointError)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -67,7 +69,7 @@ def model_kwargs(config: RunConfig, num_classes: int) -> dict:
         kwargs["patch_size"] = cfg.patch_size
     clash = sorted(set(kwargs) & set(cfg.timm_kwargs))
     if clash:
-        raise ValueError(f"model.timm_kwargs sets {clash}; set them through model.img_size, model.in_chans, "
+        raise ConfigError(f"model.timm_kwargs sets {clash}; set them through model.img_size, model.in_chans, "
                          f"model.patch_size and model.drop_path (num_classes comes from the dataset)")
     return {**kwargs, **cfg.timm_kwargs}
 
@@ -76,20 +78,30 @@ def check_batches(config: RunConfig, num_train: int, world_size: int, mixup_on: 
     """Batch-size problems as errors before training starts rather than failures inside a step."""
     local, global_batch = config.data.batch_size, config.data.batch_size * world_size
     if mixup_on and config.aug.mixup_mode == "batch" and local % 2:
-        raise ValueError(f"Mixup/CutMix in batch mode pairs each image with another of its batch: "
+        raise ConfigError(f"Mixup/CutMix in batch mode pairs each image with another of its batch: "
                          f"data.batch_size (per process) must be even, got {local}")
     if num_train < global_batch:
-        raise ValueError(f"the training set has {num_train} images, fewer than one global batch of {global_batch} "
+        raise ConfigError(f"the training set has {num_train} images, fewer than one global batch of {global_batch} "
                          f"({world_size} process(es) x data.batch_size={local}); lower data.batch_size")
 
 
 def resolve_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:
+    """The checkpoint to continue from: ``resume`` as a path, or with "auto" the output directory's last one if any."""
     if resume is None:
         return None
     if resume == "auto":
         path = output_dir / LAST
         return path if path.is_file() else None
     return Path(resume)
+
+
+def read_checkpoint(path: Path) -> dict:
+    """training.load plus a check that the file holds every part a resume restores (CheckpointError if not)."""
+    state = training.load(path)
+    missing = [key for key in CHECKPOINT_KEYS if key not in state]
+    if missing:
+        raise training.checkpoint_error(path, f"missing keys {missing}: not a checkpoint written by main.py")
+    return state
 
 
 class Trainer:
@@ -168,6 +180,15 @@ class Trainer:
             log.warning("checkpoint written by %d processes, resumed by %d: random streams start afresh",
                         len(state["rng"]), self.ctx.world_size)
             training.seed_everything(mix_seed(self.config.train.seed, self.start_epoch, self.ctx.rank))
+
+    def restore(self, state: dict, path: Path) -> None:
+        """load_state_dict, with a state that does not fit this run (another model, recipe or optimizer) reported as
+        a CheckpointError naming ``path``."""
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise training.checkpoint_error(path, f"does not fit this run, written by another configuration? "
+                                                  f"({training.brief(error)})") from None
 
     def save(self, epoch: int, is_best: bool) -> None:
         state = self.state_dict(epoch)  # collective: every rank takes part
@@ -259,27 +280,30 @@ def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Opti
     """Train (or continue) the run ``config`` defines; returns the last epoch's record.
 
     Raises engine.NonFiniteLossError, with the state of the last good checkpoint in its message, if the loss
-    becomes NaN/Inf, and configs.ConfigMismatchError, before anything is written, if ``resume`` is "auto" and the
-    output directory's config.yaml defines another run. Every process checks before the process group forms, so
-    none reads config.yaml while the main one rewrites it.
+    becomes NaN/Inf. Before anything is written (config.yaml, log.jsonl, checkpoints): configs.ConfigMismatchError if
+    ``resume`` is "auto" and the output directory's config.yaml defines another run, configs.ConfigError for a
+    setting the model or data cannot take, datasets.DatasetNotFoundError, and training.CheckpointError for a
+    checkpoint to resume that is missing, unreadable or of another run. Every process checks config.yaml before the
+    process group forms, so none reads it while the main one rewrites it.
     """
     output_dir = Path(config.output_dir)
     if resume == "auto":
         check_resume_config(config, output_dir / "config.yaml")
-    ctx = training.init_distributed(config.train.device)
-    if ctx.is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, output_dir / "config.yaml")
-    trainer = Trainer(config, ctx)
     checkpoint = resolve_resume(resume, output_dir)
-    if checkpoint is not None:
-        trainer.load_state_dict(training.load(checkpoint))
+    state = read_checkpoint(checkpoint) if checkpoint is not None else None
+    ctx = training.init_distributed(config.train.device)
+    trainer = Trainer(config, ctx)
+    if state is not None:
+        trainer.restore(state, checkpoint)
         log.info("resumed from %s at epoch %d", checkpoint, trainer.start_epoch + 1)
     else:
         if (output_dir / LAST).is_file():
             log.warning("%s already holds %s: this run starts afresh and replaces it (--resume auto continues it)",
                         output_dir, LAST)
         training.seed_everything(config.train.seed + ctx.rank)
+    if ctx.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, output_dir / "config.yaml")
     logger = training.RunLogger(output_dir, ctx.is_main, append=checkpoint is not None)
     trainer.attach_monitor(logger)
     info = trainer.run_info()
@@ -298,16 +322,18 @@ def run(config: RunConfig, resume: Optional[str] = None, stop_after_epochs: Opti
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line; exit status 0 when training ends, 1 when the loss diverged, 2 for a user error (a bad
+    setting, a missing dataset, a corrupt or mismatched checkpoint), reported as one ``error:`` line."""
     args = parse_args(argv)
-    config = config_from_args(args)
     training.setup_console(is_main=os.environ.get("RANK", "0") == "0")
     try:
+        config = config_from_args(args)
         record = run(config, resume=args.resume, stop_after_epochs=args.stop_after_epochs)
     except engine.NonFiniteLossError as error:
         log.error("%s", error)
         return 1
-    except ConfigMismatchError as error:
-        log.error("%s", error)
+    except USER_ERRORS as error:
+        log.error("error: %s", " ".join(str(error).split()))
         return 2
     finally:
         training.cleanup()

@@ -14,7 +14,7 @@ import yaml
 
 from quantization import Recipe, get_recipe
 
-from .schema import AMP_MODES, DEVICES, SCHED_INTERVALS, MethodConfig, RunConfig, choices_error
+from .schema import AMP_MODES, DEVICES, SCHED_INTERVALS, ConfigError, MethodConfig, RunConfig, choices_error
 
 _FREE_FORM = {("model", "timm_kwargs"), ("method", "recipe")}  # mappings whose keys the schema does not fix
 
@@ -39,13 +39,13 @@ def read_yaml(path: "str | Path") -> dict:
     """A YAML file holding a mapping; a missing file or another top-level type is an error naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {str(path)!r} does not exist")
     with path.open() as handle:
-        data = yaml.safe_load(handle)
+        data = _parse_yaml(handle.read(), str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
     return data
 
 
@@ -53,11 +53,18 @@ def parse_override(text: str) -> dict:
     """``a.b.c=value`` as the nested mapping {a: {b: {c: value}}}, the value parsed as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
-        raise ValueError(f"override {text!r} is not of the form section.key=value (e.g. optim.lr=1e-3)")
-    value: Any = yaml.safe_load(raw) if raw.strip() else None
+        raise ConfigError(f"override {text!r} is not of the form section.key=value (e.g. optim.lr=1e-3)")
+    value: Any = _parse_yaml(raw, f"override {text!r}") if raw.strip() else None
     for part in reversed(key.strip().split(".")):
         value = {part: value}
     return value
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where} is not valid YAML: {' '.join(str(error).split())}") from None
 
 
 def config_to_dict(config: RunConfig) -> dict:
@@ -90,7 +97,7 @@ def method_label(config: RunConfig) -> str:
 
 
 def validate(config: RunConfig) -> None:
-    """Checks across fields that types alone do not catch; raises ValueError naming the bad value."""
+    """Checks across fields that types alone do not catch; raises ConfigError naming the bad value."""
     if config.train.amp not in AMP_MODES:
         raise choices_error("train.amp", config.train.amp, AMP_MODES)
     if config.train.device not in DEVICES:
@@ -98,35 +105,52 @@ def validate(config: RunConfig) -> None:
     if config.optim.sched_interval not in SCHED_INTERVALS:
         raise choices_error("optim.sched_interval", config.optim.sched_interval, SCHED_INTERVALS)
     if config.optim.warmup_epochs < 0:
-        raise ValueError(f"optim.warmup_epochs must be >= 0, got {config.optim.warmup_epochs}")
+        raise ConfigError(f"optim.warmup_epochs must be >= 0, got {config.optim.warmup_epochs}")
     if config.optim.warmup_prefix and config.optim.warmup_epochs >= config.train.epochs:
-        raise ValueError(f"optim.warmup_prefix leaves no epochs for the cosine: optim.warmup_epochs="
+        raise ConfigError(f"optim.warmup_prefix leaves no epochs for the cosine: optim.warmup_epochs="
                          f"{config.optim.warmup_epochs} must be below train.epochs={config.train.epochs}")
     positive = {"train.epochs": config.train.epochs, "data.batch_size": config.data.batch_size,
                 "aug.repeated_aug": config.aug.repeated_aug, "model.img_size": config.model.img_size,
                 "model.in_chans": config.model.in_chans, "train.log_interval": config.train.log_interval}
     for key, value in positive.items():
         if value < 1:
-            raise ValueError(f"{key} must be at least 1, got {value}")
+            raise ConfigError(f"{key} must be at least 1, got {value}")
     if config.train.osc_interval < 0:
-        raise ValueError(f"train.osc_interval must be >= 0 (0: off), got {config.train.osc_interval}")
+        raise ConfigError(f"train.osc_interval must be >= 0 (0: off), got {config.train.osc_interval}")
     if config.data.num_workers < 0:
-        raise ValueError(f"data.num_workers must be >= 0, got {config.data.num_workers}")
+        raise ConfigError(f"data.num_workers must be >= 0, got {config.data.num_workers}")
     for key, value in (("optim.betas", config.optim.betas), ("aug.scale", config.aug.scale)):
         if len(value) != 2:
-            raise ValueError(f"{key} must have two numbers, got {value}")
-    resolve_recipe(config.method)
+            raise ConfigError(f"{key} must have two numbers, got {value}")
+    check_timm_kwargs(config.model.timm_kwargs)
+    try:
+        resolve_recipe(config.method)
+    except ValueError as error:
+        raise ConfigError(f"method.recipe: {error}") from None
+
+
+def check_timm_kwargs(kwargs: dict) -> None:
+    """Reject null values in model.timm_kwargs: ``{depth:6}`` is YAML for the key 'depth:6' with no value, and
+    timm.create_model drops null arguments, so the default model would train without a word."""
+    for key, value in kwargs.items():
+        if value is not None:
+            continue
+        if ":" in str(key):
+            name, _, given = str(key).partition(":")
+            raise ConfigError(f"model.timm_kwargs has the key {key!r} with no value: YAML needs a space after the "
+                              f"colon, {{{name.strip()}: {given.strip()}}}")
+        raise ConfigError(f"model.timm_kwargs.{key} is null: give it a value, or leave the key out for timm's default")
 
 
 def _check_keys(layer: Any, cls: type, where: str, prefix: tuple) -> None:
     if not isinstance(layer, dict):
-        raise ValueError(f"{where}: {'.'.join(prefix) or 'the top level'} must be a mapping, got {layer!r}")
+        raise ConfigError(f"{where}: {'.'.join(prefix) or 'the top level'} must be a mapping, got {layer!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key, value in layer.items():
         if key not in fields:
             section = ".".join(prefix) or "the top level"
-            raise ValueError(f"{where}: unknown key {'.'.join(prefix + (key,))!r}; valid keys of {section}: "
+            raise ConfigError(f"{where}: unknown key {'.'.join(prefix + (key,))!r}; valid keys of {section}: "
                              f"{', '.join(fields)}")
         if dataclasses.is_dataclass(hints[key]):
             _check_keys(value, hints[key], where, prefix + (key,))
@@ -168,7 +192,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ValueError as error:
                 errors.append(error)
-        raise errors[0] if len(errors) == 1 else ValueError(f"{key} must be one of "
+        raise errors[0] if len(errors) == 1 else ConfigError(f"{key} must be one of "
                                                              f"{_type_names(options)}, got {value!r}")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -178,18 +202,18 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise ValueError(f"{key} must be a number, got {value!r}")
+        raise ConfigError(f"{key} must be a number, got {value!r}")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ValueError(f"{key} must be an integer, got {value!r}")
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
     if hint is list:
         if isinstance(value, (list, tuple)):
             return [_coerce(item, float, key) for item in value]
-        raise ValueError(f"{key} must be a list of numbers, got {value!r}")
+        raise ConfigError(f"{key} must be a list of numbers, got {value!r}")
     if isinstance(value, hint):
         return value
-    raise ValueError(f"{key} must be {_type_names((hint,))}, got {value!r}")
+    raise ConfigError(f"{key} must be {_type_names((hint,))}, got {value!r}")
 
 
 def _type_names(types: tuple) -> str:

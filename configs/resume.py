@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import yaml
 
 from .loader import config_to_dict
-from .schema import RunConfig
+from .schema import ConfigError, RunConfig
 
 # Keys that change where a run reads and writes or how fast it loads and logs, never what it computes.
 RESULT_NEUTRAL_KEYS = frozenset({"output_dir", "data.path", "data.num_workers", "data.pin_memory", "data.download",
@@ -19,7 +19,7 @@ RESULT_NEUTRAL_KEYS = frozenset({"output_dir", "data.path", "data.num_workers", 
 _MISSING = "<missing>"
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(ConfigError):
     """The output directory holds a run of another configuration."""
 
 

@@ -126,6 +126,10 @@ class RunConfig:
     output_dir: str = "output/run"
 
 
-def choices_error(what: str, value: Any, valid: "tuple[str, ...] | list[str]") -> ValueError:
+class ConfigError(ValueError):
+    """A bad or unknown configuration value: a user error, reported in one line (main.py exits with status 2)."""
+
+
+def choices_error(what: str, value: Any, valid: "tuple[str, ...] | list[str]") -> ConfigError:
     """The error for a value outside a fixed set of choices, naming both."""
-    return ValueError(f"unknown {what} {value!r}; valid choices: {', '.join(valid)}")
+    return ConfigError(f"unknown {what} {value!r}; valid choices: {', '.join(valid)}")

@@ -6,6 +6,7 @@ import logging
 import timm
 from torch import nn
 
+from configs import ConfigError
 from quantization import Recipe
 
 from .swap import swap_block_linears
@@ -23,8 +24,11 @@ def build_model(name: str, recipe: Recipe, **timm_kwargs) -> nn.Module:
     small-input DeiT. Any timm ViT/Swin-like name works; the paper uses those in PAPER_MODELS.
     """
     if not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r}; the paper's models: {', '.join(PAPER_MODELS)}")
-    model = timm.create_model(name, pretrained=False, **timm_kwargs)
+        raise ConfigError(f"unknown timm model {name!r}; the paper's models: {', '.join(PAPER_MODELS)}")
+    try:
+        model = timm.create_model(name, pretrained=False, **timm_kwargs)
+    except TypeError as error:  # an argument the model's constructor does not take
+        raise ConfigError(f"model.timm_kwargs: timm model {name!r} rejects its arguments: {error}") from None
     replaced = swap_block_linears(model, recipe)
     log.info("%s: %d block Linears use recipe %s (%s, ...)", name, len(replaced), recipe.name, replaced[0])
     return model

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 import yaml
 
-from configs import config_to_dict, load_config, method_label, parse_override, resolve_recipe, save_config
+from configs import ConfigError, config_to_dict, load_config, method_label, parse_override, resolve_recipe, save_config
 from quantization import RECIPES, get_recipe
 
 from pipeline_helpers import REPO
@@ -70,14 +70,17 @@ def test_unknown_section_and_override_key():
     ("method.recipe={base: tetrajet, q1: {fmt: e2m1, rounding: up}}", "rounding"),
     ("model=3", "model must be a mapping"),
     ("optim.lr", "not of the form section.key=value"),
+    ("model.timm_kwargs={depth:6}", r"key 'depth:6' with no value: YAML needs a space after the colon, \{depth: 6\}"),
+    ("model.timm_kwargs={depth: null}", "model.timm_kwargs.depth is null"),
+    ("model.timm_kwargs={depth: 6", "override 'model.timm_kwargs={depth: 6' is not valid YAML"),
 ])
 def test_bad_values_are_rejected_with_a_clear_message(override, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         load_config([], [override, "train.epochs=5"] if "warmup_prefix" in override else [override])
 
 
 def test_missing_or_malformed_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config file .*nope.yaml' does not exist"):
+    with pytest.raises(ConfigError, match="config file .*nope.yaml' does not exist"):
         load_config([tmp_path / "nope.yaml"])
     with pytest.raises(ValueError, match="expected a mapping of sections"):
         load_config([_write(tmp_path, "- a\n- b\n")])

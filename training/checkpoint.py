@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -17,11 +18,42 @@ def save_atomic(state: dict, path: "str | Path") -> None:
     os.replace(tmp, path)
 
 
+# What torch.load raises for a truncated, empty or foreign file.
+_UNREADABLE = (OSError, EOFError, RuntimeError, KeyError, ValueError, pickle.UnpicklingError)
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, unreadable or does not fit the run: a user error (main.py exits with status 2)."""
+
+
+def checkpoint_error(path: "str | Path", problem: str) -> CheckpointError:
+    """The error for checkpoint ``path``: what is wrong with it and what remains (left untouched by the attempt)."""
+    path = Path(path)
+    others = sorted(p.name for p in path.parent.glob("checkpoint_*.pth") if p.name != path.name)
+    remains = (f"{', '.join(others)} in the same directory (--resume {path.parent / others[0]}), or " if others
+               else "") + "a fresh start without --resume (in another --output to keep this run's files)"
+    kept = " (the file is left as it was)" if path.exists() else ""
+    return CheckpointError(f"checkpoint {path}: {problem}{kept}; what remains: {remains}")
+
+
+def brief(error: BaseException, limit: int = 160) -> str:
+    """``error`` as one short line: its type and the first sentence of its message."""
+    text = " ".join(str(error).split()).split(". ")[0]
+    return f"{type(error).__name__}: {text[:limit]}" if text else type(error).__name__
+
+
 def load(path: "str | Path") -> dict:
+    """The checkpoint at ``path`` on the CPU; CheckpointError if it is missing, unreadable or not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise checkpoint_error(path, "the file does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except _UNREADABLE as error:
+        raise checkpoint_error(path, f"unreadable, truncated or not a checkpoint ({brief(error)})") from None
+    if not isinstance(state, dict):
+        raise checkpoint_error(path, f"holds a {type(state).__name__}, not a checkpoint mapping")
+    return state
 
 
 def rng_state() -> dict:

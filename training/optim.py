@@ -8,7 +8,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch import nn
 
-from configs import AugConfig, OptimConfig, choices_error
+from configs import AugConfig, ConfigError, OptimConfig, choices_error
 from quantization import QRampingAdamW
 
 REFERENCE_BATCH = 512  # optim.lr is the learning rate for this global batch (DeiT's linear scaling rule)
@@ -42,7 +42,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, ramping: bool
         raise choices_error("optim.name", cfg.name, tuple(OPTIMIZERS))
     if ramping:
         if cfg.name != "adamw":
-            raise ValueError(f"optim.name {cfg.name!r} cannot be used with a Q-Ramping recipe: Q-Ramping wraps AdamW "
+            raise ConfigError(f"optim.name {cfg.name!r} cannot be used with a Q-Ramping recipe: Q-Ramping wraps AdamW "
                              f"(set optim.name=adamw)")
         return _qramping_adamw(model, cfg, lr)
     return OPTIMIZERS[cfg.name](model, cfg, lr)
