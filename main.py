@@ -70,7 +70,7 @@ def model_kwargs(config: RunConfig, num_classes: int) -> dict:
     clash = sorted(set(kwargs) & set(cfg.timm_kwargs))
     if clash:
         raise ConfigError(f"model.timm_kwargs sets {clash}; set them through model.img_size, model.in_chans, "
-                         f"model.patch_size and model.drop_path (num_classes comes from the dataset)")
+                          f"model.patch_size and model.drop_path (num_classes comes from the dataset)")
     return {**kwargs, **cfg.timm_kwargs}
 
 
@@ -79,10 +79,10 @@ def check_batches(config: RunConfig, num_train: int, world_size: int, mixup_on: 
     local, global_batch = config.data.batch_size, config.data.batch_size * world_size
     if mixup_on and config.aug.mixup_mode == "batch" and local % 2:
         raise ConfigError(f"Mixup/CutMix in batch mode pairs each image with another of its batch: "
-                         f"data.batch_size (per process) must be even, got {local}")
+                          f"data.batch_size (per process) must be even, got {local}")
     if num_train < global_batch:
         raise ConfigError(f"the training set has {num_train} images, fewer than one global batch of {global_batch} "
-                         f"({world_size} process(es) x data.batch_size={local}); lower data.batch_size")
+                          f"({world_size} process(es) x data.batch_size={local}); lower data.batch_size")
 
 
 def resolve_resume(resume: Optional[str], output_dir: Path) -> Optional[Path]:

@@ -9,5 +9,5 @@ from .schema import (AugConfig, ConfigError, DataConfig, MethodConfig, ModelConf
                      TrainConfig, choices_error)
 
 __all__ = ["AugConfig", "ConfigError", "ConfigMismatchError", "DataConfig", "MethodConfig", "ModelConfig",
-           "OptimConfig", "RunConfig", "TrainConfig", "check_resume_config", "choices_error", "config_differences", "config_to_dict", "load_config",
-           "method_label", "parse_override", "resolve_recipe", "save_config"]
+           "OptimConfig", "RunConfig", "TrainConfig", "check_resume_config", "choices_error", "config_differences",
+           "config_to_dict", "load_config", "method_label", "parse_override", "resolve_recipe", "save_config"]

@@ -108,7 +108,7 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"optim.warmup_epochs must be >= 0, got {config.optim.warmup_epochs}")
     if config.optim.warmup_prefix and config.optim.warmup_epochs >= config.train.epochs:
         raise ConfigError(f"optim.warmup_prefix leaves no epochs for the cosine: optim.warmup_epochs="
-                         f"{config.optim.warmup_epochs} must be below train.epochs={config.train.epochs}")
+                          f"{config.optim.warmup_epochs} must be below train.epochs={config.train.epochs}")
     positive = {"train.epochs": config.train.epochs, "data.batch_size": config.data.batch_size,
                 "aug.repeated_aug": config.aug.repeated_aug, "model.img_size": config.model.img_size,
                 "model.in_chans": config.model.in_chans, "train.log_interval": config.train.log_interval}
@@ -151,7 +151,7 @@ def _check_keys(layer: Any, cls: type, where: str, prefix: tuple) -> None:
         if key not in fields:
             section = ".".join(prefix) or "the top level"
             raise ConfigError(f"{where}: unknown key {'.'.join(prefix + (key,))!r}; valid keys of {section}: "
-                             f"{', '.join(fields)}")
+                              f"{', '.join(fields)}")
         if dataclasses.is_dataclass(hints[key]):
             _check_keys(value, hints[key], where, prefix + (key,))
 

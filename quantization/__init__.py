@@ -21,7 +21,8 @@ from .ramping import QRampingAdamW, QRampingCalibrator
 from .recipes import DampenConfig, FreezeConfig, QRampingConfig
 
 __all__ += ["dampen_loss", "attach_qema", "attach_freeze", "OscillationMonitor", "OscillationRatio", "RateOfChange",
-            "block_output", "nudged_output_change", "quant_conf", "QRampingAdamW", "QRampingCalibrator", "DampenConfig", "FreezeConfig", "QRampingConfig"]
+            "block_output", "nudged_output_change", "quant_conf", "QRampingAdamW", "QRampingCalibrator", "DampenConfig",
+            "FreezeConfig", "QRampingConfig"]
 from .tseng import TsengConfig, tseng_linear
 from .wang import WangConfig, wang_linear
 

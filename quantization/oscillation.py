@@ -237,7 +237,7 @@ class OscillationMonitor:
         self._rates["r_q"].update(quantized)
         self._ratio.update(weights, quantized)
         if self.probe is not None:
-            self._rates["r_y"].update(self._probe_output())
+            self._rates["r_y"].update(block_output(self.model, self.block, self.probe, self.amp_dtype))
         layer = self.layers[self.trace_layer]
         index = self._trace_index
         weight = self._forward_weight(layer)
@@ -255,9 +255,6 @@ class OscillationMonitor:
         """The positive rounding thresholds of the trace layer's grid, in units of the block scale."""
         grid = get_format(_quantizer(self.layers[self.trace_layer]).fmt).grid()
         return [(low + high) / 2 for low, high in zip(grid, grid[1:])]
-
-    def _probe_output(self) -> torch.Tensor:
-        return block_output(self.model, self.block, self.probe, self.amp_dtype)
 
     def _finish(self, step: int, epoch: float | None) -> dict:
         names = list(self.layers)

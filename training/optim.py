@@ -43,7 +43,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, ramping: bool
     if ramping:
         if cfg.name != "adamw":
             raise ConfigError(f"optim.name {cfg.name!r} cannot be used with a Q-Ramping recipe: Q-Ramping wraps AdamW "
-                             f"(set optim.name=adamw)")
+                              f"(set optim.name=adamw)")
         return _qramping_adamw(model, cfg, lr)
     return OPTIMIZERS[cfg.name](model, cfg, lr)
 

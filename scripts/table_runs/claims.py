@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from .paper import DEIT_T, TABLES, Run
+from .paper import DEIT_T, TABLES, Row, Run
 
 HOLDS, FAILS, INCONCLUSIVE, NOT_RUN = "holds", "does not hold", "inconclusive at this spread", "not run"
 MIN_SEEDS = 2
@@ -36,20 +36,22 @@ class Comparison:
     quantity: str = "top1"
     lower: bool = False
 
-    def run(self, label: str) -> Run:
-        """The ``Run`` of this table's row ``label``; an unknown label is an error naming the table's labels."""
+    def row(self, label: str) -> Row:
+        """This table's row ``label``; an unknown label is an error naming the table's labels."""
         rows = TABLES[self.table].rows
         for row in rows:
             if row.label == label:
-                return row.run
+                return row
         raise ValueError(f"table {self.table} has no row {label!r}; rows: {', '.join(r.label for r in rows)}")
+
+    def run(self, label: str) -> Run:
+        """The ``Run`` of this table's row ``label``."""
+        return self.row(label).run
 
     def paper(self, label: str, model: str) -> Optional[float]:
         """The paper's number for row ``label`` on ``model`` in this quantity, None if the table has no such
         column."""
-        table = TABLES[self.table]
-        row = next(row for row in table.rows if row.run == self.run(label))
-        for column, value in zip(table.columns, row.paper):
+        for column, value in zip(TABLES[self.table].columns, self.row(label).paper):
             if column.model == model and column.quantity == self.quantity:
                 return value
         return None
