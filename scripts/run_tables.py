@@ -30,6 +30,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                         metavar="N", help=f"tables to run, of {sorted(TABLES)} (default: all)")
     parser.add_argument("--models", nargs="+", choices=sorted(MODEL_HEADERS), default=sorted(MODEL_HEADERS),
                         metavar="MODEL", help=f"only these of the tables' models, of {sorted(MODEL_HEADERS)}")
+    parser.add_argument("--labels", nargs="+", metavar="LABEL",
+                        help="only the runs with these labels (the directory name before the hash, e.g. "
+                             "tetrajet_dampen; --dry-run lists them)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed values (default 0)")
     parser.add_argument("--epochs", type=int, help="train.epochs (default: the profile's)")
     parser.add_argument("--output", type=Path, default=Path("output"),
@@ -61,6 +64,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     root = args.output if args.output.is_absolute() else REPO / args.output
     epochs = args.epochs or profile.epochs
     runs, notes = plan_runs(profile, args.tables, args.models, args.seeds, root, epochs)
+    if args.labels:
+        known = {run.config.label for run in runs}
+        unknown = sorted(set(args.labels) - known)
+        if unknown:
+            print(f"error: --labels {' '.join(unknown)}: not a run of these tables; valid choices: "
+                  f"{', '.join(sorted(known))}", file=sys.stderr)
+            return 2
+        runs = [run for run in runs if run.config.label in args.labels]
     finished = [run for run in runs if is_finished(run.directory, epochs)]
     notes += [f"finished, skipped: {run.directory}" for run in finished]
     runs = [run for run in runs if run not in finished]

@@ -92,6 +92,16 @@ def test_proxy_runs_deit_tiny_rows_only(capsys, tmp_path):
                      "skipped", "# table 6: profile 'proxy' has no deit_base; those runs are skipped"]
 
 
+def test_labels_select_rows_and_unknown_labels_are_named(capsys, tmp_path):
+    runs, _ = dry_run(capsys, tmp_path, "--profile", "proxy", "--tables", "4", "--seeds", "0", "1",
+                      "--labels", "tetrajet_dampen", "tetrajet_freeze")
+    assert sorted(Path(d).parent.name.rsplit("-", 1)[0] for d, _ in runs) == ["tetrajet_dampen"] * 2 + [
+        "tetrajet_freeze"] * 2
+    assert run_tables.main(["--dry-run", "--profile", "proxy", "--tables", "4", "--labels", "dampen"]) == 2
+    err = capsys.readouterr().err
+    assert "--labels dampen: not a run of these tables" in err and "tetrajet_dampen" in err
+
+
 def test_errors(capsys, tmp_path):
     assert run_tables.main(["--dry-run", "--tables", "2"]) == 2
     assert "needs --data-path" in capsys.readouterr().err
