@@ -2,6 +2,7 @@
 --jobs running several commands at once and reporting failures."""
 import json
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -163,3 +164,15 @@ def test_finished_runs_are_skipped_without_checkpoints(capsys, tmp_path):
     again, notes = dry_run(capsys, tmp_path, "--profile", "proxy", "--tables", "2", "--seeds", "0")
     assert [d for d, _ in again] == [d for d, _ in runs[1:]]
     assert f"# finished, skipped: {done}" in notes
+
+
+def test_proxy_batch_starts_each_argument_list_and_packs_into_out(tmp_path):
+    script = Path(run_tables.__file__).with_name("proxy_batch.sh")
+    env = {"OUT": str(tmp_path), "PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(["bash", str(script), "60", "--tables 4 --dry-run", "--tables 7 --dry-run"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "tetrajet_dampen-" in (tmp_path / "batch0.txt").read_text()
+    assert "table7_e3m0_e3m0-" in (tmp_path / "batch1.txt").read_text()
+    assert (tmp_path / "runs.tgz").is_file()
+    assert subprocess.run(["bash", str(script), "60"], capture_output=True).returncode == 2
