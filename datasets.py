@@ -16,9 +16,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as tv_transforms
 
-from configs import AugConfig, ConfigError, DataConfig, choices_error
+from configs import DATASET_NAMES, AugConfig, ConfigError, DataConfig, choices_error
 
-DATASETS = ("imagenet", "fashion_mnist", "cifar10", "cifar100")
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_MNIST_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                        False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -202,8 +201,8 @@ def build_transforms(data: DataConfig, aug: AugConfig, img_size: int, in_chans: 
 
 def build_datasets(data: DataConfig, aug: AugConfig, img_size: int, in_chans: int) -> DataBundle:
     """Train and validation sets of ``data.dataset`` with their transforms, subsets applied."""
-    if data.dataset not in DATASETS:
-        raise choices_error("data.dataset", data.dataset, DATASETS)
+    if data.dataset not in DATASET_NAMES:
+        raise choices_error("data.dataset", data.dataset, DATASET_NAMES)
     train_tf, eval_tf = build_transforms(data, aug, img_size, in_chans)
     if data.dataset == "imagenet":
         root = check_imagefolder(data.path)

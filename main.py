@@ -22,7 +22,7 @@ from torch import nn
 
 import engine
 import training
-from configs import ConfigError, RunConfig, check_resume_config, load_config, method_label, resolve_recipe, save_config
+from configs import ConfigError, RunConfig, check_resume_config, load_config, method_label, save_config
 from datasets import DatasetNotFoundError, build_datasets, build_loaders, build_mixup, mix_seed
 from models import build_model
 from quantization import OscillationMonitor, QLinear, QRampingCalibrator, attach_freeze, attach_qema, dampen_loss
@@ -110,7 +110,7 @@ class Trainer:
     def __init__(self, config: RunConfig, ctx: training.DistContext) -> None:
         self.config, self.ctx = config, ctx
         self.output_dir = Path(config.output_dir)
-        self.recipe = recipe = resolve_recipe(config.method)
+        self.recipe = recipe = config.method.resolved
         training.seed_everything(config.train.seed)  # same on every rank: identical initial weights
         self.data = build_datasets(config.data, config.aug, config.model.img_size, config.model.in_chans)
         self.mixup = build_mixup(config.aug, self.data.num_classes)
@@ -201,7 +201,7 @@ class Trainer:
 
     def run_info(self) -> dict:
         quantized = sum(isinstance(m, QLinear) for m in self.model.modules())
-        return {"type": "run", "method": method_label(self.config), "recipe": resolve_recipe(self.config.method).name,
+        return {"type": "run", "method": method_label(self.config), "recipe": self.config.method.resolved.name,
                 "model": self.config.model.name, "params": sum(p.numel() for p in self.model.parameters()),
                 "quantized_linears": quantized, "world_size": self.ctx.world_size,
                 "global_batch": self.global_batch, "lr": self.lr, "train_images": len(self.data.train),

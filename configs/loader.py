@@ -12,9 +12,8 @@ from typing import Any, Iterable, Union
 
 import yaml
 
-from quantization import Recipe, get_recipe
-
-from .schema import AMP_MODES, DEVICES, SCHED_INTERVALS, ConfigError, MethodConfig, RunConfig, choices_error
+from .schema import (AMP_MODES, DATASET_NAMES, DEVICES, ERASE_MODES, INTERPOLATIONS, MIXUP_MODES, OPTIMIZER_NAMES,
+                     SCHED_INTERVALS, ConfigError, RunConfig, choices_error)
 
 _FREE_FORM = {("model", "timm_kwargs"), ("method", "recipe")}  # mappings whose keys the schema does not fix
 
@@ -70,7 +69,7 @@ def _parse_yaml(text: str, where: str) -> Any:
 def config_to_dict(config: RunConfig) -> dict:
     """Plain data for YAML/JSON, with the method's recipe written out in full so the file alone reproduces the run."""
     data = dataclasses.asdict(config)
-    data["method"]["recipe"] = resolve_recipe(config.method).to_dict()
+    data["method"]["recipe"] = config.method.resolved.to_dict()
     return data
 
 
@@ -79,31 +78,21 @@ def save_config(config: RunConfig, path: "str | Path") -> None:
         yaml.safe_dump(config_to_dict(config), handle, sort_keys=False)
 
 
-def resolve_recipe(method: MethodConfig) -> Recipe:
-    """The quantization recipe a method names or spells out (``base`` + overrides, or all fields)."""
-    if isinstance(method.recipe, str):
-        return get_recipe(method.recipe)
-    fields = dict(method.recipe)
-    base = fields.pop("base", None)
-    data = get_recipe(base).to_dict() if base is not None else {}
-    data["name"] = method.name or (f"{base}_custom" if base else "custom")
-    data.update(fields)
-    return Recipe.from_dict(data)
-
-
 def method_label(config: RunConfig) -> str:
     """How a run's method is called in logs and tables."""
-    return config.method.name or resolve_recipe(config.method).name
+    return config.method.name or config.method.resolved.name
 
 
 def validate(config: RunConfig) -> None:
     """Checks across fields that types alone do not catch; raises ConfigError naming the bad value."""
-    if config.train.amp not in AMP_MODES:
-        raise choices_error("train.amp", config.train.amp, AMP_MODES)
-    if config.train.device not in DEVICES:
-        raise choices_error("train.device", config.train.device, DEVICES)
-    if config.optim.sched_interval not in SCHED_INTERVALS:
-        raise choices_error("optim.sched_interval", config.optim.sched_interval, SCHED_INTERVALS)
+    choices = {"train.amp": (config.train.amp, AMP_MODES), "train.device": (config.train.device, DEVICES),
+               "optim.sched_interval": (config.optim.sched_interval, SCHED_INTERVALS),
+               "optim.name": (config.optim.name, OPTIMIZER_NAMES), "data.dataset": (config.data.dataset, DATASET_NAMES),
+               "aug.interpolation": (config.aug.interpolation, INTERPOLATIONS),
+               "aug.remode": (config.aug.remode, ERASE_MODES), "aug.mixup_mode": (config.aug.mixup_mode, MIXUP_MODES)}
+    for key, (value, valid) in choices.items():
+        if value not in valid:
+            raise choices_error(key, value, valid)
     if config.optim.warmup_epochs < 0:
         raise ConfigError(f"optim.warmup_epochs must be >= 0, got {config.optim.warmup_epochs}")
     if config.optim.warmup_prefix and config.optim.warmup_epochs >= config.train.epochs:
@@ -124,9 +113,12 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{key} must have two numbers, got {value}")
     check_timm_kwargs(config.model.timm_kwargs)
     try:
-        resolve_recipe(config.method)
+        recipe = config.method.resolved
     except ValueError as error:
         raise ConfigError(f"method.recipe: {error}") from None
+    if recipe.qramping is not None and config.optim.name != "adamw":
+        raise ConfigError(f"optim.name {config.optim.name!r} cannot be used with a Q-Ramping recipe: Q-Ramping wraps "
+                          f"AdamW (set optim.name=adamw)")
 
 
 def check_timm_kwargs(kwargs: dict) -> None:

@@ -4,12 +4,21 @@ A run is fully defined by these values; YAML files and command-line overrides on
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from quantization import Recipe, get_recipe
+
+# The fixed choices, checked when a config is loaded (configs.loader.validate), before anything is written.
 AMP_MODES = ("bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
 SCHED_INTERVALS = ("epoch", "step")
+OPTIMIZER_NAMES = ("adamw",)  # training.optim.OPTIMIZERS builds each
+DATASET_NAMES = ("imagenet", "fashion_mnist", "cifar10", "cifar100")  # datasets.build_datasets reads each
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "random")  # timm's transform names
+ERASE_MODES = ("const", "rand", "pixel")  # timm RandomErasing modes
+MIXUP_MODES = ("batch", "pair", "elem")  # timm Mixup modes
 
 
 @dataclass
@@ -33,6 +42,19 @@ class MethodConfig:
 
     name: Optional[str] = None  # label for logs and tables; None: the recipe's name
     recipe: Union[str, dict] = "tetrajet"
+
+    @functools.cached_property
+    def resolved(self) -> Recipe:
+        """The recipe this method names or spells out (``base`` + overrides, or all fields), built once; a bad
+        name or field raises ValueError (the loader reports it as a ConfigError at load time)."""
+        if isinstance(self.recipe, str):
+            return get_recipe(self.recipe)
+        fields = dict(self.recipe)
+        base = fields.pop("base", None)
+        data = get_recipe(base).to_dict() if base is not None else {}
+        data["name"] = self.name or (f"{base}_custom" if base else "custom")
+        data.update(fields)
+        return Recipe.from_dict(data)
 
 
 @dataclass

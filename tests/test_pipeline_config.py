@@ -4,7 +4,8 @@ import dataclasses
 import pytest
 import yaml
 
-from configs import ConfigError, config_to_dict, load_config, method_label, parse_override, resolve_recipe, save_config
+import configs.loader
+from configs import OPTIMIZER_NAMES, ConfigError, config_to_dict, load_config, method_label, parse_override, save_config
 from quantization import RECIPES, get_recipe
 
 from pipeline_helpers import REPO
@@ -23,7 +24,7 @@ def _write(tmp_path, text, name="c.yaml"):
 @pytest.mark.parametrize("method_file", METHOD_FILES, ids=lambda p: p.stem)
 def test_every_model_and_method_file_combines_into_a_valid_config(model_file, method_file):
     config = load_config([model_file, method_file])
-    assert resolve_recipe(config.method).name == method_label(config)
+    assert config.method.resolved.name == method_label(config)
 
 
 def test_files_merge_in_order_and_overrides_win(tmp_path):
@@ -65,6 +66,11 @@ def test_unknown_section_and_override_key():
     ("optim.scale_warmup_min_lr=yes please", "optim.scale_warmup_min_lr must be true/false"),
     ("optim.warmup_epochs=-1", "optim.warmup_epochs must be >= 0, got -1"),
     ("optim.warmup_prefix=true", "optim.warmup_epochs=5 must be below train.epochs=5"),
+    ("optim.name=sgd", "unknown optim.name 'sgd'; valid choices: adamw"),
+    ("data.dataset=mnist", "unknown data.dataset 'mnist'; valid choices: imagenet, fashion_mnist"),
+    ("aug.interpolation=cubic", "unknown aug.interpolation 'cubic'; valid choices: bicubic"),
+    ("aug.remode=noise", "unknown aug.remode 'noise'; valid choices: const, rand, pixel"),
+    ("aug.mixup_mode=row", "unknown aug.mixup_mode 'row'; valid choices: batch, pair, elem"),
     ("method.recipe=tetrajetx", "unknown recipe 'tetrajetx'; valid choices: bf16"),
     ("method.recipe={base: tetrajet, q7: null}", r"unknown recipe keys \['q7'\]"),
     ("method.recipe={base: tetrajet, q1: {fmt: e2m1, rounding: up}}", "rounding"),
@@ -79,6 +85,19 @@ def test_bad_values_are_rejected_with_a_clear_message(override, message):
         load_config([], [override, "train.epochs=5"] if "warmup_prefix" in override else [override])
 
 
+def test_fixed_choices_match_what_the_training_code_builds():
+    from training.optim import OPTIMIZERS
+    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES
+
+
+def test_qramping_needs_adamw_and_the_recipe_is_resolved_once(monkeypatch):
+    monkeypatch.setattr(configs.loader, "OPTIMIZER_NAMES", ("adamw", "lion"))
+    with pytest.raises(ConfigError, match="optim.name 'lion' cannot be used with a Q-Ramping recipe"):
+        load_config([], ["method.recipe=tetrajet_qramping", "optim.name=lion"])
+    method = load_config([], ["method.recipe={base: tetrajet, q2: null}"]).method
+    assert method.resolved is method.resolved and method.resolved.q2 is None
+
+
 def test_missing_or_malformed_file(tmp_path):
     with pytest.raises(ConfigError, match="config file .*nope.yaml' does not exist"):
         load_config([tmp_path / "nope.yaml"])
@@ -88,14 +107,14 @@ def test_missing_or_malformed_file(tmp_path):
 
 def test_recipe_as_base_plus_overrides():
     config = load_config([REPO / "configs" / "methods" / "tetrajet_no_weight_q.yaml"])
-    recipe, tetrajet = resolve_recipe(config.method), get_recipe("tetrajet")
+    recipe, tetrajet = config.method.resolved, get_recipe("tetrajet")
     assert recipe.name == "tetrajet_no_weight_q" and recipe.q2 is None
     assert recipe.replace(name="tetrajet", q2=tetrajet.q2) == tetrajet
 
 
 def test_named_recipes_are_selectable_by_override():
     for name in RECIPES:
-        assert resolve_recipe(load_config([], [f"method.recipe={name}"]).method) is RECIPES[name]
+        assert load_config([], [f"method.recipe={name}"]).method.resolved is RECIPES[name]
 
 
 def test_saved_config_reproduces_the_run_config(tmp_path):
@@ -104,7 +123,7 @@ def test_saved_config_reproduces_the_run_config(tmp_path):
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["method"]["recipe"] == get_recipe("tetrajet").to_dict()  # written out in full
     reloaded = load_config([tmp_path / "config.yaml"])
-    assert resolve_recipe(reloaded.method) == resolve_recipe(config.method)
+    assert reloaded.method.resolved == config.method.resolved
     assert dataclasses.replace(reloaded, method=config.method) == config
     assert config_to_dict(reloaded) == saved
 

@@ -179,10 +179,10 @@ TABLE8_K2 = {"deit_tiny": 5, "deit_small": 5, "deit_base": 5, "swin_tiny": 3, "s
 
 
 def test_method_configs_resolve_to_the_paper_settings():
-    from configs import load_config, resolve_recipe
+    from configs import load_config
 
     def recipe(path, *overrides):
-        return resolve_recipe(load_config([f"configs/methods/{path}.yaml"], overrides).method)
+        return load_config([f"configs/methods/{path}.yaml"], overrides).method.resolved
 
     for name in ("tetrajet_qema", "tetrajet_qramping", "tetrajet_dampen", "tetrajet_freeze"):
         assert recipe(name) == get_recipe(name)

@@ -75,10 +75,9 @@ def test_counts_and_settings(capsys, tmp_path):
     assert len(runs) == 78  # of 99 table rows x models: shared runs count once
     monitored = [c for _, c in dry_run(capsys, tmp_path, "--tables", "3")[0]]
     assert [(c.train.osc_interval, c.train.osc_block) for c in monitored] == [(1000, "blocks.9")] * 4
-    from configs import resolve_recipe
-    betas = sorted(resolve_recipe(c.method).qema_beta for _, c in dry_run(capsys, tmp_path, "--tables", "9")[0])
+    betas = sorted(c.method.resolved.qema_beta for _, c in dry_run(capsys, tmp_path, "--tables", "9")[0])
     assert betas == [0.993, 0.995, 0.997, 0.998, 0.999, 0.9995]
-    tuned = {c.model.name: resolve_recipe(c.method).qema_beta for _, c in dry_run(capsys, tmp_path, "--tables", "2")[0]
+    tuned = {c.model.name: c.method.resolved.qema_beta for _, c in dry_run(capsys, tmp_path, "--tables", "2")[0]
              if c.method.name == "tetrajet_qema"}
     assert tuned == {"deit_tiny_patch16_224": 0.9983, "deit_small_patch16_224": 0.9972,
                      "deit_base_patch16_224": 0.999, "swin_tiny_patch4_window7_224": 0.9975,
