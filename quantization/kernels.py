@@ -103,19 +103,18 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
     binade = tl.minimum(tl.maximum(_exponent_field(av), EMIN), EMAX)
     step = _pow2_normal(binade - MAN_BITS)
     a = av * _pow2_normal(MAN_BITS - binade)
+    low = tl.floor(a)
+    frac = a - low  # exact (floor(a + 0.5) is not: just below a = 0.5, a + 0.5 rounds up to 1)
     if ROUNDING == 0:
-        k = tl.floor(a + 0.5)  # a < 16, so a + 0.5 is exact: the same as rounding up when frac >= 0.5
+        up = frac >= 0.5
+    elif ROUNDING == 1:
+        low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
+        up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
+    elif ROUNDING == 2:
+        up = _uniform(index, seed0, seed1) < frac
     else:
-        low = tl.floor(a)
-        frac = a - low
-        if ROUNDING == 1:
-            low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
-            up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
-        elif ROUNDING == 2:
-            up = _uniform(index, seed0, seed1) < frac
-        else:
-            up = sign * (ema * _pow2(-s)) >= (low + 0.5) * step
-        k = low + up.to(tl.float32)
+        up = sign * (ema * _pow2(-s)) >= (low + 0.5) * step
+    k = low + up.to(tl.float32)
     magnitude = tl.minimum(k * step, MAX_VALUE)
     deq = magnitude * sign * _pow2(s)
     deq = tl.where(finite, deq, float("nan"))
