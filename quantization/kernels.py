@@ -113,7 +113,7 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
     elif ROUNDING == 2:
         up = _uniform(index, seed0, seed1) < frac
     else:
-        up = sign * (ema * _pow2(-s)) >= (low + 0.5) * step
+        up = sign * tl.where(amax > 0, ema * _pow2(-s), 0.0) >= (low + 0.5) * step  # an all-zero block stays zero
     k = low + up.to(tl.float32)
     magnitude = tl.minimum(k * step, MAX_VALUE)
     deq = magnitude * sign * _pow2(s)

@@ -76,7 +76,8 @@ def round_scaled(
     """Round scaled fp32 values v onto the format's grid; returns the signed grid value (clamped to +-max_value).
 
     ``uniform``: draws in [0, 1) for stochastic rounding. ``ema_scaled``: the Q-EMA weight divided by the same
-    block scale, for ``rounding="ema"``. The sign follows v's sign bit, so -0 stays -0 and +0 counts as positive.
+    block scale, for ``rounding="ema"`` (zero in an all-zero block, which then stays zero). The sign follows v's sign
+    bit, so -0 stays -0 and +0 counts as positive.
     """
     negative = v.view(torch.int32) < 0
     sign = torch.where(negative, -1.0, 1.0)
@@ -147,7 +148,8 @@ def quantize_2d(
     elif rounding == "ema":
         if ema2d is None:
             raise ValueError("rounding='ema' needs the EMA tensor (ema=...)")
-        ema_scaled = _blocked(ema2d.float(), layout) * pow2(-s)
+        # An all-zero block has no grid of its own (its scale 2^-127 is a placeholder): it stays zero whatever the EMA.
+        ema_scaled = torch.where(amax > 0, _blocked(ema2d.float(), layout) * pow2(-s), 0.0)
     grid = round_scaled(v, fmt, rounding, uniform=uniform, ema_scaled=ema_scaled)
     deq = torch.where(finite, grid * pow2(s), torch.full_like(grid, float("nan")))
     grid = torch.where(finite, grid, torch.zeros_like(grid))
