@@ -1,14 +1,16 @@
-"""Exactness at the rounding boundaries, kernels against the reference bit for bit: every grid midpoint and its one-ulp
-neighbours of every element format, in every input dtype, layout and scale rule, through the plain quantizers and the
-backward pass's fused kernels."""
+"""Exactness at the numerical boundaries, kernels against the reference bit for bit (values, codes and scales), in
+every input dtype, layout and scale rule, through the plain quantizers and the backward pass's fused kernels: every
+grid midpoint of every element format and its one-ulp neighbours; Q-EMA on all-zero blocks; rceil's saturation at the
+top of the dtype's range. scripts/check_kernels_gpu.py runs the same cases on the compiled kernels."""
 import pytest
 import torch
 
-from quantization import FORMATS, dequantize, get_format, kernels, quantize_packed
-from quantization.formats import LAYOUTS, SCALE_RULES
-from quantization.ops import MXTensor, quantize_2d, requantize_2d
+from quantization import FORMATS, dequantize
+from quantization.formats import LAYOUTS, ROUNDINGS, SCALE_RULES
+from quantization.ops import MXTensor, quantize_2d
 
-from quant_helpers import assert_bitwise_equal, both_ways, midpoint_blocks, requantize_midpoints
+from quant_helpers import (as_layout, assert_bitwise_equal, both_ways, check_both_layouts, check_quantize,
+                           check_requantize, midpoint_blocks, overflow_blocks, requantize_input, zero_blocks_with_ema)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on overflow
 
@@ -17,84 +19,79 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 WIDE_BAND = dict(block_c=1024, num_warps=2)
 
 
-def _as_layout(blocks: torch.Tensor, layout: str) -> torch.Tensor:
-    """(n, 32) blocks as the 1x32 blocks of a (n, 32) tensor or the 32x1 blocks of a (32, n) one."""
-    return blocks.t().contiguous() if layout == "32x1" else blocks
+def _rows_of(fmts: list[str], fmt: str) -> torch.Tensor:
+    return torch.tensor([f == fmt for f in fmts])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_reference_rounds_midpoints_to_nearest_ties_away(dtype):
     blocks, want, fmts = midpoint_blocks(dtype)
     for fmt in FORMATS:
-        rows = torch.tensor([f == fmt for f in fmts])
         for layout in LAYOUTS:
             for rule in SCALE_RULES:
-                values, _, _ = quantize_2d(_as_layout(blocks, layout), layout, fmt, rule, "nearest", backend="torch")
-                assert_bitwise_equal(_as_layout(values, layout)[rows], want[rows].to(dtype))
+                values, _, _ = quantize_2d(as_layout(blocks, layout), layout, fmt, rule, "nearest", backend="torch")
+                rows = _rows_of(fmts, fmt)
+                assert_bitwise_equal(as_layout(values, layout)[rows], want[rows].to(dtype))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_kernel_matches_reference_at_midpoints(dtype, layout):
-    x = _as_layout(midpoint_blocks(dtype)[0], layout)
+    x = as_layout(midpoint_blocks(dtype)[0], layout)
     for fmt in FORMATS:
         for rule in SCALE_RULES:
-            ref, ker = (quantize_2d(x, layout, fmt, rule, "nearest", backend=backend, want_packed=True)
-                        for backend in ("torch", "triton"))
-            assert_bitwise_equal(ker[0], ref[0])
-            assert torch.equal(ker[1], ref[1]) and torch.equal(ker[2], ref[2]), (fmt, rule)
+            check_quantize(x, layout, fmt, rule, "nearest")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_both_layouts_kernel_matches_reference_at_midpoints(dtype):
-    x = both_ways(midpoint_blocks(dtype)[0])
+def test_fused_kernels_match_reference_at_midpoints(dtype):
+    both = both_ways(midpoint_blocks(dtype)[0])
+    # Only ties reach the requantizer: a one-ulp neighbour has more significant bits than a 4-bit MX value.
+    packed = requantize_input(midpoint_blocks(dtype, neighbours=False)[0])
     for fmt in FORMATS:
         for rule in SCALE_RULES:
-            got = kernels.quantize_both_layouts_2d(x, get_format(fmt), rule, "nearest", seeds=((0, 0), (0, 0)),
-                                                   launch=WIDE_BAND)
-            for layout, values in zip(LAYOUTS, got):
-                assert_bitwise_equal(values, quantize_2d(x, layout, fmt, rule, "nearest", backend="torch")[0])
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_requantize_kernel_matches_reference_at_midpoint_ties(dtype):
-    x = requantize_midpoints(dtype)
-    mx = quantize_packed(x, "1x32", "e1m2", "rceil", "nearest", backend="torch")
-    assert_bitwise_equal(dequantize(mx), x)  # the ties reach the requantizer unchanged
-    for fmt in FORMATS:
-        for rule in SCALE_RULES:
-            got = kernels.requantize_2d(mx.packed, mx.scales, get_format("e1m2"), *x.shape, dtype, get_format(fmt),
-                                        rule, "nearest", seed=(0, 0), launch=WIDE_BAND)
-            assert_bitwise_equal(got, requantize_2d(mx, fmt, rule, "nearest", backend="torch"))
-            assert_bitwise_equal(got, quantize_2d(x, "32x1", fmt, rule, "nearest", backend="torch")[0])
-
-
-def _zero_blocks_with_ema(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, ema), 1x32 blocks: all +0, all -0, mixed signed zeros, and one nonzero block holding zeros; the EMA of
-    every zero is positive, negative, tiny or huge, so Q-EMA would round some up from the placeholder grid."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.zeros(4, 32)
-    x[1] = -0.0
-    x[2, ::2] = -0.0
-    x[3, :4] = torch.tensor([6.0, 1.2, -0.0, 0.0])
-    ema = torch.randn(4, 32, generator=g) * torch.tensor([1e-30, 1.0, 1e30, 1.0])[torch.arange(32) % 4]
-    ema[0, :8] = torch.tensor([2.0**-149, 2.0**-129, 2.0**-128, 1.0, 3e38, -1.0, 0.0, -0.0])
-    ema[3, :4] = torch.tensor([6.0, 1.3, -1.0, 1.0])
-    return x.to(dtype), ema
+            check_both_layouts(both, fmt, rule, "nearest", launch=WIDE_BAND)
+            check_requantize(packed, fmt, rule, "nearest", launch=WIDE_BAND)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_qema_keeps_an_all_zero_block_zero(dtype, layout):
-    x, ema = (_as_layout(t, layout) for t in _zero_blocks_with_ema(dtype))
+    x, ema = (as_layout(t, layout) for t in zero_blocks_with_ema(dtype))
     for fmt in FORMATS:
         for rule in SCALE_RULES:
-            ref, ker = (quantize_2d(x, layout, fmt, rule, "ema", ema2d=ema, backend=backend, want_packed=True)
-                        for backend in ("torch", "triton"))
-            assert_bitwise_equal(ker[0], ref[0])
-            assert torch.equal(ker[1], ref[1]) and torch.equal(ker[2], ref[2]), (fmt, rule)
-            packed_values = dequantize(MXTensor(ker[1], ker[2], x.shape, torch.float32, layout, fmt))
-            for values, zeros in ((ref[0], x), (packed_values, x.float())):  # exactly +-0 (fp16 would hide 2^-128)
-                assert_bitwise_equal(_as_layout(values, layout)[:3], _as_layout(zeros, layout)[:3])
-            below, above = _as_layout(ref[0], layout)[3, 2:4].tolist()
-            assert below < 0 < above  # -0 and +0 in a nonzero block still follow their EMA off zero
+            values = as_layout(check_quantize(x, layout, fmt, rule, "ema", ema=ema), layout)
+            _, packed, scales = quantize_2d(x, layout, fmt, rule, "ema", ema2d=ema, backend="torch", want_packed=True)
+            packed_values = as_layout(dequantize(MXTensor(packed, scales, x.shape, torch.float32, layout, fmt)), layout)
+            zeros = as_layout(x, layout)[:3]
+            assert_bitwise_equal(values[:3], zeros)  # exactly +-0, signs kept
+            assert_bitwise_equal(packed_values[:3], zeros.float())  # also in fp32, where fp16 cannot hide 2^-128
+            below, above = values[3, 2:4].tolist()
+            assert below < 0 < above  # in a nonzero block a signed zero still follows its EMA off zero
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rceil_saturates_at_the_top_of_the_dtype(dtype, layout):
+    blocks, want, fmts = overflow_blocks(dtype)
+    x = as_layout(blocks, layout)
+    for fmt in FORMATS:
+        for rule in SCALE_RULES:
+            for rounding in ROUNDINGS:
+                ema = x.float() if rounding == "ema" else None  # the EMA points where x does: up from T
+                values = as_layout(check_quantize(x, layout, fmt, rule, rounding, ema=ema), layout)
+                assert torch.isfinite(values).all(), (fmt, rule, rounding)
+                if rule == "rceil" and rounding == "nearest":
+                    rows = _rows_of(fmts, fmt)
+                    assert_bitwise_equal(values[rows], want[rows].to(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fused_kernels_saturate_like_the_reference(dtype):
+    blocks = overflow_blocks(dtype)[0]
+    both, packed = both_ways(blocks), requantize_input(blocks)
+    for fmt in FORMATS:  # rceil only: floor never reaches the overflow exponent
+        for rounding in ("nearest", "stochastic"):  # the fused kernels take no EMA
+            outputs = (*check_both_layouts(both, fmt, "rceil", rounding, launch=WIDE_BAND),
+                       check_requantize(packed, fmt, "rceil", rounding, launch=WIDE_BAND))
+            assert all(torch.isfinite(values).all() for values in outputs), (fmt, rounding)
