@@ -50,6 +50,17 @@ class ElementFormat:
         return (1 << 23) - (1 << (23 - self.man_bits))
 
     @property
+    def saturation_code(self) -> int:
+        """Code of the largest grid value below 2^emax (one below the top binade's first code)."""
+        return ((2**self.exp_bits - 1) << self.man_bits) - 1
+
+    @property
+    def saturation_value(self) -> float:
+        """The largest grid value below 2^emax: where rceil saturates an element that would round to 2^emax in a
+        block whose scale puts 2^emax at the output dtype's overflow (reference.magnitude_limit); 3 for E2M1."""
+        return self.grid()[self.saturation_code]
+
+    @property
     def bits(self) -> int:
         return 1 + self.exp_bits + self.man_bits
 

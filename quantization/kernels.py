@@ -11,6 +11,7 @@ import triton
 import triton.language as tl
 
 from .formats import BLOCK_SIZE, ElementFormat
+from .reference import overflow_exponent
 
 ROUNDING_CODES = {"nearest": 0, "even": 1, "stochastic": 2, "ema": 3}
 # Launch shapes picked by scripts/bench_quant.py --sweep on an H100 (a 50432x384 bf16 tensor): 1x32 tiles of 32
@@ -88,8 +89,10 @@ def _uniform(index, seed0, seed1):
 def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
                    MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_VALUE: tl.constexpr,
                    MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr,
-                   RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
-    """Quantize an fp32 tile given its (broadcastable) block amax. Returns (dequantized, code, biased scale)."""
+                   RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
+                   OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
+    """Quantize an fp32 tile given its (broadcastable) block amax. Returns (dequantized, code, biased scale).
+    OVERFLOW_EXP, SAT_VALUE, SAT_CODE: the output dtype's saturation (reference.magnitude_limit)."""
     amax = tl.where(finite, amax, 0.0)
     amax_bits = amax.to(tl.int32, bitcast=True)
     s = ((amax_bits >> 23) & 0xFF) - 127 - EMAX
@@ -103,23 +106,23 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
     binade = tl.minimum(tl.maximum(_exponent_field(av), EMIN), EMAX)
     step = _pow2_normal(binade - MAN_BITS)
     a = av * _pow2_normal(MAN_BITS - binade)
+    low = tl.floor(a)
+    frac = a - low  # exact (floor(a + 0.5) is not: just below a = 0.5, a + 0.5 rounds up to 1)
     if ROUNDING == 0:
-        k = tl.floor(a + 0.5)  # a < 16, so a + 0.5 is exact: the same as rounding up when frac >= 0.5
+        up = frac >= 0.5
+    elif ROUNDING == 1:
+        low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
+        up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
+    elif ROUNDING == 2:
+        up = _uniform(index, seed0, seed1) < frac
     else:
-        low = tl.floor(a)
-        frac = a - low
-        if ROUNDING == 1:
-            low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
-            up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
-        elif ROUNDING == 2:
-            up = _uniform(index, seed0, seed1) < frac
-        else:
-            up = sign * (ema * _pow2(-s)) >= (low + 0.5) * step
-        k = low + up.to(tl.float32)
-    magnitude = tl.minimum(k * step, MAX_VALUE)
+        up = sign * tl.where(amax > 0, ema * _pow2(-s), 0.0) >= (low + 0.5) * step  # an all-zero block stays zero
+    k = low + up.to(tl.float32)
+    saturating = s == OVERFLOW_EXP  # per block: from 2^emax up the grid would overflow the output dtype
+    magnitude = tl.minimum(k * step, tl.where(saturating, SAT_VALUE, MAX_VALUE))
     deq = magnitude * sign * _pow2(s)
     deq = tl.where(finite, deq, float("nan"))
-    code = tl.minimum((binade - EMIN) * (1 << MAN_BITS) + k.to(tl.int32), MAX_CODE)
+    code = tl.minimum((binade - EMIN) * (1 << MAN_BITS) + k.to(tl.int32), tl.where(saturating, SAT_CODE, MAX_CODE))
     code = tl.where(negative, code | SIGN_BIT, code)
     code = tl.where(finite, code, 0)
     scale = tl.where(finite, s + 127, 255)
@@ -130,13 +133,15 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
 def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y: tl.constexpr,
                      IS_BF16: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                      MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                     SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+                     SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
+                     OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
     """Quantize a loaded tile given its broadcast block amax, store the values if asked; returns (codes, scales)."""
     ema = x
     if ROUNDING == 3:
         ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     deq, code, scale = _quantize_tile(x, amax, finite, offs, ema, seed0, seed1, MAN_BITS, EMIN, EMAX, MAX_VALUE,
-                                      MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+                                      MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
+                                      OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
     if WRITE_Y:
         tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
     return code, scale
@@ -148,7 +153,8 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
                           WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                          SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+                          SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
+                          OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
     """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short)."""
     blocks_per_row = tl.cdiv(cols, 32)
     group = _program_start(0, GROUPS, WIDE) + tl.arange(0, GROUPS)
@@ -164,7 +170,7 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     amax = tl.max(ax, axis=1)
     code, scale = _round_and_store(x, amax[:, None], finite[:, None], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
                                    IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT,
-                                   RCEIL, ROUNDING)
+                                   RCEIL, ROUNDING, OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (GROUPS, 16, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
@@ -180,7 +186,8 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
                           WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                           MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                          SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+                          SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
+                          OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
     """Each program handles one band of 32 rows x BLOCK_C columns; each column of the band is one block."""
     row = _program_start(0, 32, WIDE) + tl.arange(0, 32)
     col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -192,7 +199,7 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     amax = tl.max(ax, axis=0)
     code, scale = _round_and_store(x, amax[None, :], finite[None, :], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
                                    IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT,
-                                   RCEIL, ROUNDING)
+                                   RCEIL, ROUNDING, OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (32, BLOCK_C // 2, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
@@ -303,7 +310,8 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols
                                   BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                                   MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                                  SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+                                  SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
+                                  OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
     """One read, two quantizations: a band of 32 rows x BLOCK_C columns (2 * half_cols columns in all) quantized in
     1x32 blocks (to y_rows, seeds 0/1) and in 32x1 blocks (to y_cols, seeds 2/3), as a (rows, blocks, 16 pairs)
     tile of element pairs. The backward pass's dY feeds Q3 and Q5 this way."""
@@ -319,16 +327,19 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols
     amax = tl.maximum(tl.max(abs_low, axis=2), tl.max(abs_high, axis=2))[:, :, None]
     finite = amax < float("inf")
     low_q, _, _ = _quantize_tile(low, amax, finite, index, low, seed0, seed1, MAN_BITS, EMIN, EMAX, MAX_VALUE,
-                                 MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+                                 MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING, OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
     high_q, _, _ = _quantize_tile(high, amax, finite, index + 1, high, seed0, seed1, MAN_BITS, EMIN, EMAX,
-                                  MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+                                  MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
+                                  OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
     _store_pairs(y_rows_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
     amax_low = tl.max(abs_low, axis=0)[None, :, :]
     amax_high = tl.max(abs_high, axis=0)[None, :, :]
     low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed2, seed3, MAN_BITS, EMIN,
-                                 EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+                                 EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
+                                 OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
     high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed2, seed3, MAN_BITS,
-                                  EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+                                  EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
+                                  OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
     _store_pairs(y_cols_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
 
 
@@ -339,7 +350,8 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
                        IN_MAX_CODE: tl.constexpr, IN_SIGN_BIT: tl.constexpr,
                        MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                        MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                       SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr):
+                       SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
+                       OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
     """A tensor saved as 1x32 packed codes + scales (2 * half_cols columns), dequantized to y's dtype in registers and quantized
     again in 32x1 blocks (Q6 of Q1(X), Q4 of Q2(W)): a band of 32 rows x BLOCK_C columns per program, one byte =
     one element pair."""
@@ -366,9 +378,11 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
     amax_high = tl.max(_abs_or_inf(high), axis=0)[None, :, :]
     index = 2 * pair_offs
     low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed0, seed1, MAN_BITS, EMIN,
-                                 EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+                                 EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
+                                 OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
     high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed0, seed1, MAN_BITS,
-                                  EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING)
+                                  EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
+                                  OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
     _store_pairs(y_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
 
 
@@ -381,10 +395,12 @@ def _format_args(fmt: ElementFormat) -> dict:
     return dict(MAN_BITS=fmt.man_bits, EMIN=fmt.emin, MAX_CODE=fmt.max_code, SIGN_BIT=1 << (fmt.bits - 1))
 
 
-def _quantizer_args(fmt: ElementFormat, scale_rule: str, rounding: str) -> dict:
-    """The compile-time arguments of the quantizing kernels."""
+def _quantizer_args(fmt: ElementFormat, scale_rule: str, rounding: str, dtype: torch.dtype) -> dict:
+    """The compile-time arguments of the quantizing kernels, for values stored as ``dtype``."""
     return dict(EMAX=fmt.emax, MAX_VALUE=fmt.max_value, MAX_MANT_FIELD=fmt.max_mantissa_field,
-                RCEIL=scale_rule == "rceil", ROUNDING=ROUNDING_CODES[rounding], **_format_args(fmt))
+                RCEIL=scale_rule == "rceil", ROUNDING=ROUNDING_CODES[rounding],
+                OVERFLOW_EXP=overflow_exponent(fmt, dtype), SAT_VALUE=fmt.saturation_value,
+                SAT_CODE=fmt.saturation_code, **_format_args(fmt))
 
 
 def _decode_args(fmt: ElementFormat, prefix: str = "") -> dict:
@@ -411,7 +427,7 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
     ema = ema2d if ema2d is not None else x2d
     common = dict(WRITE_Y=want_values, IS_BF16=x2d.dtype == torch.bfloat16, WIDE=_wide(rows, cols),
                   WRITE_PACKED=want_packed,
-                  **_quantizer_args(fmt, scale_rule, rounding))
+                  **_quantizer_args(fmt, scale_rule, rounding, x2d.dtype))
     if rows * cols > 0:
         if layout == "1x32":
             cfg = launch or LAUNCH_1X32
@@ -449,7 +465,7 @@ def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: ElementFormat, scale_rule: 
         _quantize_both_layouts_kernel[grid](x2d, y_rows, y_cols, rows, cols // 2, s0, s1, s2, s3,
                                             BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"],
                                             IS_BF16=x2d.dtype == torch.bfloat16, WIDE=_wide(rows, cols),
-                                            **_quantizer_args(fmt, scale_rule, rounding))
+                                            **_quantizer_args(fmt, scale_rule, rounding, x2d.dtype))
     return y_rows, y_cols
 
 
@@ -468,7 +484,8 @@ def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: Elemen
         grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
         _requantize_kernel[grid](packed, scales, y, rows, cols // 2, scales.shape[1], seed[0], seed[1],
                                  BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], IS_BF16=dtype == torch.bfloat16,
-                                 WIDE=_wide(rows, cols), **_decode_args(packed_fmt, "IN_"), **_quantizer_args(fmt, scale_rule, rounding))
+                                 WIDE=_wide(rows, cols), **_decode_args(packed_fmt, "IN_"),
+                                 **_quantizer_args(fmt, scale_rule, rounding, dtype))
     return y
 
 

@@ -6,6 +6,8 @@ steps agrees bit for bit. Shapes: ``x2d`` is the 2-D view (rows, cols) of the in
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .formats import BLOCK_SIZE, SCALE_BIAS, SCALE_EXP_MAX, SCALE_EXP_MIN, SCALE_NAN, ElementFormat
@@ -30,13 +32,33 @@ def _exponent_field(x: torch.Tensor) -> torch.Tensor:
 def shared_exponent(amax: torch.Tensor, fmt: ElementFormat, scale_rule: str) -> torch.Tensor:
     """Block scale exponent s (int32) from the fp32 block amax, exactly, clamped to [-127, 127].
 
-    rceil: s = ceil(log2(amax / max_value)), the smallest s with amax <= max_value * 2^s (nothing clips).
+    rceil: s = ceil(log2(amax / max_value)), the smallest s with amax <= max_value * 2^s (nothing clips, but see
+    ``magnitude_limit`` for the top of the dtype's range).
     floor: s = floor(log2(amax)) - emax (OCP); values up to just under 2 * 2^emax * 2^s then clip to max_value.
     """
     e = _exponent_field(amax) - fmt.emax
     if scale_rule == "rceil":
         e = e + ((amax.view(torch.int32) & 0x7FFFFF) > fmt.max_mantissa_field).to(torch.int32)
     return e.clamp(SCALE_EXP_MIN, SCALE_EXP_MAX)
+
+
+def overflow_exponent(fmt: ElementFormat, dtype: torch.dtype) -> int:
+    """The block scale exponent s at which 2^emax * 2^s overflows ``dtype``: 2^128 for fp32 and bf16, 2^16 for
+    fp16 (rceil reaches it for an amax above max_value * 2^(s - 1), floor never does)."""
+    return math.frexp(torch.finfo(dtype).max)[1] - fmt.emax
+
+
+def magnitude_limit(s: torch.Tensor, fmt: ElementFormat, dtype: torch.dtype) -> torch.Tensor:
+    """Largest grid magnitude (fp32) of blocks with scale exponent s whose values are stored as ``dtype``.
+
+    max_value, except at the overflow exponent, where the grid values from 2^emax up are Inf in ``dtype``: there an
+    element that would round up to 2^emax saturates to ``fmt.saturation_value``, the largest value of its block's
+    grid that ``dtype`` holds, so that a finite input never becomes Inf. Only those elements change (with nearest
+    rounding every one from (saturation_value + 2^emax) / 2 * 2^s up: 1.75 * 2^127 for E2M1 in fp32); the block's
+    scale and other elements stay, so the codes still encode the values. E1M2's grid is coarse at that scale: it
+    saturates to 1.5 * 2^127, while an amax of 1.75 * 2^127 (one scale lower) quantizes to itself.
+    """
+    return torch.where(s == overflow_exponent(fmt, dtype), fmt.saturation_value, fmt.max_value)
 
 
 def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
@@ -70,13 +92,15 @@ def round_scaled(
     fmt: ElementFormat,
     rounding: str,
     *,
+    limit: torch.Tensor,
     uniform: torch.Tensor | None = None,
     ema_scaled: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Round scaled fp32 values v onto the format's grid; returns the signed grid value (clamped to +-max_value).
+    """Round scaled fp32 values v onto the format's grid; returns the signed grid value (clamped to +-limit).
 
-    ``uniform``: draws in [0, 1) for stochastic rounding. ``ema_scaled``: the Q-EMA weight divided by the same
-    block scale, for ``rounding="ema"``. The sign follows v's sign bit, so -0 stays -0 and +0 counts as positive.
+    ``limit``: the block's largest magnitude, from ``magnitude_limit``. ``uniform``: draws in [0, 1) for stochastic
+    rounding. ``ema_scaled``: the Q-EMA weight divided by the same block scale, for ``rounding="ema"`` (zero in an
+    all-zero block, which then stays zero). The sign follows v's sign bit, so -0 stays -0 and +0 counts as positive.
     """
     negative = v.view(torch.int32) < 0
     sign = torch.where(negative, -1.0, 1.0)
@@ -97,7 +121,7 @@ def round_scaled(
         up = sign * ema_scaled >= (low + 0.5) * step
     else:
         raise ValueError(f"unknown rounding {rounding!r}")
-    magnitude = torch.minimum((low + up.to(torch.float32)) * step, torch.tensor(fmt.max_value))
+    magnitude = torch.minimum((low + up.to(torch.float32)) * step, limit)
     return magnitude * sign
 
 
@@ -130,7 +154,8 @@ def quantize_2d(
     """Quantize a 2-D tensor. Returns (dequantized fp32, signed grid values fp32, biased E8M0 scales uint8).
 
     The scales tensor has shape (rows, ceil(cols/32)) for 1x32 and (ceil(rows/32), cols) for 32x1. A block holding
-    NaN or Inf dequantizes to all NaN and gets the NaN scale 255.
+    NaN or Inf dequantizes to all NaN and gets the NaN scale 255. The values are for x2d's dtype: rceil saturates
+    those that would overflow it (``magnitude_limit``).
     """
     rows, cols = x2d.shape
     xb = _blocked(x2d.float(), layout)
@@ -147,8 +172,10 @@ def quantize_2d(
     elif rounding == "ema":
         if ema2d is None:
             raise ValueError("rounding='ema' needs the EMA tensor (ema=...)")
-        ema_scaled = _blocked(ema2d.float(), layout) * pow2(-s)
-    grid = round_scaled(v, fmt, rounding, uniform=uniform, ema_scaled=ema_scaled)
+        # An all-zero block has no grid of its own (its scale 2^-127 is a placeholder): it stays zero whatever the EMA.
+        ema_scaled = torch.where(amax > 0, _blocked(ema2d.float(), layout) * pow2(-s), 0.0)
+    limit = magnitude_limit(s, fmt, x2d.dtype)
+    grid = round_scaled(v, fmt, rounding, limit=limit, uniform=uniform, ema_scaled=ema_scaled)
     deq = torch.where(finite, grid * pow2(s), torch.full_like(grid, float("nan")))
     grid = torch.where(finite, grid, torch.zeros_like(grid))
     scales = torch.where(finite, s + SCALE_BIAS, torch.full_like(s, SCALE_NAN)).squeeze(-1).to(torch.uint8)

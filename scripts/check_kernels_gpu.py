@@ -1,8 +1,9 @@
 """GPU check: compiled Triton kernels against the PyTorch reference, bit for bit, on >= 10^7-element tensors for every
-mode (the backward pass's fused kernels included), plus the statistical stochastic-rounding check and QLinear on CUDA
-against the CPU reference composition.
+mode (the backward pass's fused kernels included), the boundary cases of tests/test_quant_exact.py (grid midpoints and
+their one-ulp neighbours, Q-EMA on all-zero blocks, rceil saturation at the top of the dtype) against the CPU
+reference, plus the statistical stochastic-rounding check and QLinear on CUDA against the CPU reference composition.
 
-Usage (on a CUDA machine): python scripts/check_kernels_gpu.py [--elements 10000000] [--only fused,QLinear]
+Usage (on a CUDA machine): python scripts/check_kernels_gpu.py [--elements 10000000] [--only fused,boundary,QLinear]
 Prints one line per check and exits non-zero if any fails.
 """
 from __future__ import annotations
@@ -18,9 +19,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from quant_helpers import assert_bitwise_equal, edge_matrix  # noqa: E402
+from quant_helpers import (as_layout, assert_bitwise_equal, both_ways, check_both_layouts, check_quantize,  # noqa: E402
+                           check_requantize, edge_matrix, midpoint_blocks, overflow_blocks, requantize_input,
+                           zero_blocks_with_ema)
 
 from quantization import FORMATS, QLinear, dequantize, get_recipe, quantize, quantize_packed  # noqa: E402
+from quantization.formats import LAYOUTS, ROUNDINGS, SCALE_RULES  # noqa: E402
 from quantization.ops import quantize_both_layouts_2d, requantize_2d  # noqa: E402
 from quantization.recipes import ROLE_LAYOUTS  # noqa: E402
 
@@ -97,6 +101,47 @@ def fused_vs_reference(n: int, fmt: str, rule: str, rounding: str, dtype: torch.
                              requantize_2d(mx, fmt, rule, rounding, seed=seeds[0], backend="triton"))
 
 
+def boundary_midpoints(dtype: torch.dtype) -> None:
+    """Every grid midpoint of every format and its one-ulp neighbours (the ties only for the requantize kernel), in
+    every layout, scale rule and rounding, through the compiled kernels at their launch defaults."""
+    blocks = midpoint_blocks(dtype)[0]
+    both, packed = both_ways(blocks), requantize_input(midpoint_blocks(dtype, neighbours=False)[0])
+    for fmt, rule in itertools.product(FORMATS, SCALE_RULES):
+        for layout, rounding in itertools.product(LAYOUTS, ROUNDINGS):
+            x = as_layout(blocks, layout)
+            check_quantize(x, layout, fmt, rule, rounding, ema=x.float() if rounding == "ema" else None,
+                           device="cuda")
+        for rounding in ("nearest", "even", "stochastic"):
+            check_both_layouts(both, fmt, rule, rounding, device="cuda")
+            check_requantize(packed, fmt, rule, rounding, device="cuda")
+
+
+def boundary_qema_zero_blocks(dtype: torch.dtype) -> None:
+    """Q-EMA keeps all-zero blocks exactly +-0, whatever the EMA, in both layouts."""
+    for layout in LAYOUTS:
+        x, ema = (as_layout(t, layout) for t in zero_blocks_with_ema(dtype))
+        for fmt, rule in itertools.product(FORMATS, SCALE_RULES):
+            values = check_quantize(x, layout, fmt, rule, "ema", ema=ema, device="cuda")
+            assert_bitwise_equal(as_layout(values, layout)[:3], as_layout(x, layout)[:3])
+
+
+def boundary_saturation(dtype: torch.dtype) -> None:
+    """Values straddling rceil's saturation threshold and the dtype's largest value stay finite, in every layout,
+    scale rule and rounding, plain and fused kernels."""
+    blocks = overflow_blocks(dtype)[0]
+    both, packed = both_ways(blocks), requantize_input(blocks)
+    for fmt, rule in itertools.product(FORMATS, SCALE_RULES):
+        outputs = []
+        for layout, rounding in itertools.product(LAYOUTS, ROUNDINGS):
+            x = as_layout(blocks, layout)
+            outputs.append(check_quantize(x, layout, fmt, rule, rounding, ema=x.float() if rounding == "ema" else None,
+                                          device="cuda"))
+        for rounding in ("nearest", "even", "stochastic"):
+            outputs += [*check_both_layouts(both, fmt, rule, rounding, device="cuda"),
+                        check_requantize(packed, fmt, rule, rounding, device="cuda")]
+        assert all(torch.isfinite(values).all() for values in outputs), (fmt, rule)
+
+
 def stochastic_statistics(layout: str, dtype: torch.dtype) -> None:
     from test_quant_stochastic import BLOCK, GRID  # the unit test's block and grid
 
@@ -169,6 +214,9 @@ def main() -> int:
     for fmt, rule, rounding, dtype in fused_modes:
         check(f"exact fused {fmt} {rule} {rounding} {str(dtype)[6:]}",
               lambda: fused_vs_reference(args.elements, fmt, rule, rounding, dtype), results, only)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for part in (boundary_midpoints, boundary_qema_zero_blocks, boundary_saturation):
+            check(f"{part.__name__.replace('_', ' ')} {str(dtype)[6:]}", lambda: part(dtype), results, only)
     for layout, dtype in itertools.product(("1x32", "32x1"), (torch.bfloat16, torch.float32)):
         check(f"stochastic statistics {layout} {str(dtype)[6:]}", lambda: stochastic_statistics(layout, dtype),
               results, only)

@@ -1,10 +1,17 @@
-"""Shared helpers for the quantization tests: bitwise comparison and edge-case tensors."""
+"""Shared helpers for the quantization tests (and scripts/check_kernels_gpu.py): bitwise comparison and edge-case
+tensors."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 import torch
+
+from quantization import FORMATS, dequantize, get_format, kernels, quantize_packed
+from quantization.formats import LAYOUTS
+from quantization.ops import quantize_2d
+from quantization.reference import overflow_exponent
+
 
 def nextafter32(x: float, toward: float) -> float:
     """The adjacent fp32 value (math.nextafter steps in float64, which fp32 would round away)."""
@@ -62,3 +69,159 @@ def edge_matrix(max_value: float, dtype: torch.dtype, cols: int = 45, seed: int 
     rand = torch.randn(edges.shape[0], cols - 32, generator=g) * torch.exp(3 * torch.randn(edges.shape[0], cols - 32,
                                                                                           generator=g))
     return torch.cat([edges, rand], dim=1).to(dtype)
+
+
+# Block scales 2^k of the midpoint cases: every case value (and its one-ulp neighbours) representable in the dtype;
+# k = -127 puts the small midpoints among the fp32/bf16 subnormals, k = -20 among the fp16 ones.
+MIDPOINT_SCALES = {torch.float32: (0, 9, -13, 120, -127), torch.bfloat16: (0, 9, -13, 120, -127),
+                   torch.float16: (0, 5, -9, -20)}
+SEEDS = ((5, 2**31 - 2), (1, 1))  # for the stochastic rounding of the boundary checks: 1x32, 32x1
+
+
+def _neighbours(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The adjacent values below and above positive ``values`` in their own dtype (one step of the bit pattern)."""
+    bits = values.view(INT_VIEW[values.dtype])
+    return (bits - 1).view(values.dtype), (bits + 1).view(values.dtype)
+
+
+def _padded(values: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.pad(values, (0, 32 - values.numel()))
+
+
+def midpoint_blocks(dtype: torch.dtype, *, neighbours: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Nearest-rounding cases at every grid midpoint of every element format, as blocks of 32 (one per row).
+
+    For each format and block scale 2^k of MIDPOINT_SCALES[dtype], a positive and a negative block: the amax
+    max_value * 2^k (scale exponent k under both scale rules), then each midpoint times 2^k preceded and followed by
+    its neighbours one ulp of ``dtype`` below and above (only the midpoints without ``neighbours``), zeros after.
+    Returns (blocks of ``dtype``, what nearest rounding gives in fp32: the lower grid value, the upper one (ties away
+    from zero), the upper one; the format of each block).
+    """
+    blocks, expected, fmts = [], [], []
+    for name, fmt in FORMATS.items():
+        grid = torch.tensor(fmt.grid())
+        lower, upper = grid[:-1], grid[1:]
+        for k in MIDPOINT_SCALES[dtype]:
+            ties = ((lower + upper) / 2 * 2.0**k).to(dtype)
+            assert torch.equal(ties.float(), (lower + upper) / 2 * 2.0**k), (name, k, dtype)
+            if neighbours:
+                below, above = _neighbours(ties)
+                cases = torch.stack([below, ties, above], dim=1).flatten()
+                want = torch.stack([lower, upper, upper], dim=1).flatten()
+            else:
+                cases, want = ties, upper
+            amax = torch.tensor([fmt.max_value * 2.0**k], dtype=dtype)
+            block = _padded(torch.cat([amax, cases]))
+            want = _padded(torch.cat([torch.tensor([fmt.max_value]), want]) * 2.0**k)
+            blocks += [block, -block]
+            expected += [want, -want]
+            fmts += [name, name]
+    return torch.stack(blocks), torch.stack(expected), fmts
+
+
+def overflow_blocks(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Blocks at the top of ``dtype``'s range, where rceil's scale 2^s puts 2^emax at the dtype's overflow
+    (reference.magnitude_limit), for every element format; one per row.
+
+    With S = saturation_value * 2^s and T = (saturation_value + 2^emax) / 2 * 2^s (from T up, nearest rounding
+    would give 2^emax * 2^s = Inf; 1.75 * 2^127 for E2M1 in fp32): a block of amax the dtype's largest finite value
+    holding it, T + ulp, T, T - ulp, S and the grid value 2^s, and a block of amax T + ulp holding T + ulp, T,
+    T - ulp and S, each value also negated. Returns (blocks of ``dtype``, what rceil with nearest rounding gives in
+    fp32: +-S for all but +-2^s; the format of each block).
+    """
+    blocks, expected, fmts = [], [], []
+    for name, fmt in FORMATS.items():
+        s = overflow_exponent(fmt, dtype)
+        saturated, grid_value = fmt.saturation_value * 2.0**s, 2.0**s
+        tie = torch.tensor([(fmt.saturation_value + 2.0**fmt.emax) / 2 * 2.0**s], dtype=dtype)
+        below, above = _neighbours(tie)
+        top = torch.tensor([torch.finfo(dtype).max], dtype=dtype)
+        for values, want in ((torch.cat([top, above, tie, below, torch.tensor([saturated, grid_value], dtype=dtype)]),
+                              torch.tensor([saturated] * 5 + [grid_value])),
+                             (torch.cat([above, tie, below, torch.tensor([saturated], dtype=dtype)]),
+                              torch.tensor([saturated] * 4))):
+            blocks.append(_padded(torch.cat([values, -values])))
+            expected.append(_padded(torch.cat([want, -want])))
+            fmts.append(name)
+    return torch.stack(blocks), torch.stack(expected), fmts
+
+
+def zero_blocks_with_ema(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x of ``dtype``, fp32 EMA), 1x32 blocks: all +0, all -0, mixed signed zeros, and a nonzero block holding -0
+    and +0 in columns 2 and 3 (their EMA -1 and 1 takes them off zero). The EMA of the all-zero blocks is positive,
+    negative, tiny or huge, so Q-EMA rounding would take some off zero on the placeholder grid of scale 2^-127."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(4, 32)
+    x[1] = -0.0
+    x[2, ::2] = -0.0
+    x[3, :4] = torch.tensor([6.0, 1.2, -0.0, 0.0])
+    ema = torch.randn(4, 32, generator=g) * torch.tensor([1e-30, 1.0, 1e30, 1.0])[torch.arange(32) % 4]
+    ema[0, :8] = torch.tensor([2.0**-149, 2.0**-129, 2.0**-128, 1.0, 3e38, -1.0, 0.0, -0.0])
+    ema[3, :4] = torch.tensor([6.0, 1.3, -1.0, 1.0])
+    return x.to(dtype), ema
+
+
+def as_layout(blocks: torch.Tensor, layout: str) -> torch.Tensor:
+    """(n, 32) blocks as the 1x32 blocks of a (n, 32) tensor or the 32x1 blocks of a (32, n) one (and back)."""
+    return blocks.t().contiguous() if layout == "32x1" else blocks
+
+
+def both_ways(blocks: torch.Tensor) -> torch.Tensor:
+    """(n, 32) ``blocks``, n <= 32 and even, laid out for the both-layouts kernel in one band of 32 rows: as 1x32
+    blocks in rows 0..n-1 of columns 0..31 and as 32x1 blocks in columns 32..32+n-1 (an even column count, so the
+    one-pass pair kernel runs); zeros elsewhere."""
+    n = blocks.shape[0]
+    x = torch.zeros(32, 32 + n, dtype=blocks.dtype)
+    x[:n, :32] = blocks
+    x[:, 32:] = blocks.t()
+    return x
+
+
+def requantize_input(blocks: torch.Tensor) -> torch.Tensor:
+    """The values of (n, 32) ``blocks`` that a 1x32 e1m2 packing holds exactly (fp32-normal, at most 3 significant
+    bits; others zeroed), as a (32, 32 n) tensor whose column 32 j holds block j: each 1x32 block has one nonzero,
+    and the 32x1 blocks of column 32 j are the given ones, the requantize kernel's input after the packing."""
+    bits = blocks.float().abs().view(torch.int32)
+    held = ((bits & 0x1FFFFF) == 0) & (bits >= 1 << 23)
+    x = torch.zeros(32, 32 * blocks.shape[0], dtype=blocks.dtype)
+    x[:, ::32] = torch.where(held, blocks, torch.zeros_like(blocks)).t()
+    return x
+
+
+def check_quantize(x: torch.Tensor, layout: str, fmt: str, rule: str, rounding: str, *,
+                   ema: torch.Tensor | None = None, device: str = "cpu") -> torch.Tensor:
+    """The quantizing kernel on ``device`` against the CPU reference: values, packed codes and scales bit for bit.
+    Returns the reference values."""
+    seed = SEEDS[LAYOUTS.index(layout)]
+    ref = quantize_2d(x, layout, fmt, rule, rounding, ema2d=ema, backend="torch", want_packed=True, seed=seed)
+    ker = quantize_2d(x.to(device), layout, fmt, rule, rounding, ema2d=None if ema is None else ema.to(device),
+                      backend="triton", want_packed=True, seed=seed)
+    assert_bitwise_equal(ker[0].cpu(), ref[0])
+    assert torch.equal(ker[1].cpu(), ref[1]) and torch.equal(ker[2].cpu(), ref[2]), (layout, fmt, rule, rounding)
+    return ref[0]
+
+
+def check_both_layouts(x: torch.Tensor, fmt: str, rule: str, rounding: str, *, device: str = "cpu",
+                       launch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The both-layouts kernel on ``device`` against the two CPU reference quantizers, bit for bit. Returns the
+    reference values (1x32, 32x1)."""
+    got = kernels.quantize_both_layouts_2d(x.to(device), get_format(fmt), rule, rounding, seeds=SEEDS, launch=launch)
+    wants = tuple(quantize_2d(x, layout, fmt, rule, rounding, seed=seed, backend="torch")[0]
+                  for layout, seed in zip(LAYOUTS, SEEDS))
+    for values, want in zip(got, wants):
+        assert_bitwise_equal(values.cpu(), want)
+    return wants
+
+
+def check_requantize(x: torch.Tensor, fmt: str, rule: str, rounding: str, *, device: str = "cpu",
+                     launch: dict | None = None) -> torch.Tensor:
+    """The requantize kernel on ``device``, fed x packed in 1x32 e1m2 blocks (x from ``requantize_input``: the
+    packing keeps it), against the CPU reference's 32x1 quantization of x, bit for bit. Returns the reference
+    values."""
+    mx = quantize_packed(x, "1x32", "e1m2", "rceil", "nearest", backend="torch")
+    assert_bitwise_equal(dequantize(mx), x)
+    got = kernels.requantize_2d(mx.packed.to(device), mx.scales.to(device), get_format("e1m2"), *x.shape, x.dtype,
+                                get_format(fmt), rule, rounding, seed=SEEDS[1], launch=launch)
+    want = quantize_2d(x, "32x1", fmt, rule, rounding, seed=SEEDS[1], backend="torch")[0]
+    assert_bitwise_equal(got.cpu(), want)
+    return want

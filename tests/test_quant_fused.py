@@ -1,5 +1,6 @@
 """The backward pass's fused kernels against the reference, bit for bit: dY quantized in both layouts from one read
 (Q3 + Q5) and a 1x32-packed tensor requantized in 32x1 blocks (Q6 of Q1(X), Q4 of Q2(W))."""
+import dataclasses
 import itertools
 
 import pytest
@@ -101,10 +102,11 @@ def test_requantize_rejects_other_layouts_and_ema():
 
 
 def test_requantize_keeps_the_saved_dtypes_rounding():
-    # fp16: 60000 rounds up to 4 * 2^14 = 65536, which the saved fp16 tensor holds as inf (a NaN block after Q6)
-    x = torch.randn(64, 64, dtype=torch.float16)
+    # Packed from fp32, 60000 rounds up to 4 * 2^14 = 65536, which the tensor read as fp16 holds as inf (a NaN block
+    # after Q6); fp16 data itself would saturate to 3 * 2^14 instead (test_quant_exact.py).
+    x = torch.randn(64, 64)
     x[3, :8] = 60000.0
-    mx = quantize_packed(x, "1x32")
+    mx = dataclasses.replace(quantize_packed(x, "1x32"), dtype=torch.float16)
     want = quantize(dequantize(mx), "32x1", backend="torch")
     assert torch.isnan(want[:32, :8]).all()
     assert_bitwise_equal(requantize_2d(mx, "e2m1", "rceil", "nearest", backend="triton"), want)
