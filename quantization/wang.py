@@ -1,5 +1,5 @@
 """Wang et al. 2025, "Optimizing Large Language Model Training Using FP4 Quantization" (arXiv 2501.17116), as a
-standalone simulated-quantization autograd op (PAPER.md, "Related recipes").
+standalone simulated-quantization autograd op (docs/methods.md#wang-et-al).
 
 What is implemented (``wang_linear``):
 
@@ -32,15 +32,15 @@ What is implemented (``wang_linear``):
   Without the residual the clamp's own gradient applies (outliers get zero gradient).
 * db = sum of dY over tokens.
 
-Choices not pinned by PAPER.md / simplifications:
+Choices the paper leaves open, and simplifications:
 * dW uses the full-precision activations X (dY^T X), not the quantized operand Q(Xc) + residual: the backward GEMMs
   run on unquantized operands; dX uses Q(W), the weight the forward used (STE through Q).
 * Quantization arithmetic is done in float32; the dequantized operands are cast back to the input dtype.
 * The residual GEMM is dense (a real implementation would use a sparse kernel for the ~1% outliers).
-* Differences from the authors' public simulation code (MS-AMP based; noted, not followed, since PAPER.md pins the
-  description above): there the clamp is two-sided on the signed values (the 0.01 and 0.99 quantiles of X, not of
-  |X|), the residual is added to the quantized operand before one GEMM, and the scale factor comes from MS-AMP's
-  ScalingMeta (a power of two, as we read MS-AMP) rather than absmax / 6.
+* Differences from the authors' public simulation code (MS-AMP based; noted, not followed: this module implements the
+  paper's description, as above): there the clamp is two-sided on the signed values (the 0.01 and 0.99 quantiles of
+  X, not of |X|), the residual is added to the quantized operand before one GEMM, and the scale factor comes from
+  MS-AMP's ScalingMeta (a power of two, as we read MS-AMP) rather than absmax / 6.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The PyTorch reference quantizer against the specification in DESIGN.md: ties, scales, signs, NaN blocks."""
+"""The PyTorch reference quantizer against the specification in docs/numerics.md: ties, scales, signs, NaN blocks."""
 import math
 
 import pytest
