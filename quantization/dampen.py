@@ -1,4 +1,5 @@
-"""Oscillation dampening (Nagel et al. 2022), the Dampen baseline of PAPER.md Tables 3 and 4, for MX weights.
+"""Oscillation dampening (Nagel et al. 2022), the Dampen baseline of the paper's Tables 3 and 4, for MX
+weights (docs/methods.md#dampen).
 
 L_dampen = sum over the quantized weights of (sg(Q2(W)) - clip(W, -max * S, max * S))^2: a pull of each latent weight
 toward the grid point the forward uses (sg = stop-gradient; S = the weight's block scale, max = the format's largest

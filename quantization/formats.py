@@ -85,7 +85,7 @@ FORMATS: dict[str, ElementFormat] = {
     f.name: f
     for f in (
         ElementFormat("e2m1", exp_bits=2, man_bits=1),  # MXFP4
-        ElementFormat("e3m0", exp_bits=3, man_bits=0),  # PAPER.md Table 7
+        ElementFormat("e3m0", exp_bits=3, man_bits=0),  # the paper's Table 7 format ablation
         ElementFormat("e1m2", exp_bits=1, man_bits=2),
     )
 }

@@ -1,4 +1,5 @@
-"""Iterative weight freezing (Nagel et al. 2022), the Freeze baseline of PAPER.md Table 4, for MX weights.
+"""Iterative weight freezing (Nagel et al. 2022), the Freeze baseline of the paper's Table 4, for MX weights
+(docs/methods.md#freeze).
 
 After every optimizer step each tracked weight's grid position k (the signed index of Q2(W)/S on the element grid,
 E2M1: -7..7) is compared with the previous one. A flip is a change of k; an oscillation is a flip whose direction

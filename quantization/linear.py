@@ -150,7 +150,7 @@ class QLinear(nn.Linear):
 
     @torch.no_grad()
     def update_weight_ema(self, beta: float) -> None:
-        """W_ema <- beta W_ema + (1 - beta) W; Q-EMA rounding switches on after 10 updates (PAPER.md).
+        """W_ema <- beta W_ema + (1 - beta) W; Q-EMA rounding switches on after 10 updates (docs/methods.md#q-ema).
 
         quantization.ema.attach_qema performs this same update, batched over all layers, after every optimizer step.
         """

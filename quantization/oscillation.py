@@ -1,4 +1,5 @@
-"""Oscillation metrics of PAPER.md ("Metrics", Table 3, Figs. 2, 3, 5, 6) and a callback that logs them in training.
+"""The paper's oscillation metrics (Table 3, Figs. 2, 3, 5, 6; docs/methods.md#oscillation-metrics) and a callback
+that logs them in training.
 
 * rate of change r(X) = mean over t of ||X_t - X_{t-1}||_F / ||X_{t-1}||_F, for the latent weights W, their forward
   quantization Q(W) and a block's output Y on a fixed probe batch; a list of tensors counts as one concatenated X;
@@ -21,7 +22,7 @@ from .linear import QLinear
 from .ops import quantize
 from .recipes import QuantizerConfig
 
-OSCILLATING_RATIO = 16.0  # PAPER.md: a weight with R_w > 16 counts as oscillating
+OSCILLATING_RATIO = 16.0  # the paper's rule: a weight with R_w > 16 counts as oscillating
 RATIO_EDGES = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, float("inf")]
 CONF_EDGES = [i / 20 for i in range(21)]
 MEASURE_QUANTIZER = QuantizerConfig()  # stands in for q2 on layers that do not quantize their weight (BF16 runs)

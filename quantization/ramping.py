@@ -1,4 +1,5 @@
-"""Q-Ramping (PAPER.md): AdamW with per-element update periods, and the calibration that sets the periods.
+"""Q-Ramping: AdamW with per-element update periods, and the calibration that sets the periods
+(docs/methods.md#q-ramping).
 
 Optimizer: ``QRampingAdamW`` takes every parameter's gradient at every step, but an element with update period p
 accumulates its gradient and takes its Adam step only every p steps, with the mean accumulated gradient and the
@@ -67,7 +68,7 @@ def ramped_adamw_reference(param: torch.Tensor, grad: torch.Tensor, exp_avg: tor
 
 
 class QRampingAdamW(torch.optim.Optimizer):
-    """AdamW with per-element update periods (Q-Ramping, PAPER.md); see the module docstring for the rule.
+    """AdamW with per-element update periods (Q-Ramping); see the module docstring for the rule.
 
     Same arguments and param groups as torch.optim.AdamW (``foreach``/``fused`` apply to the parameters without
     periods, which take torch's own AdamW step). ``backend``: how parameters with periods step: "triton" (one fused

@@ -56,8 +56,9 @@ def cosine_anneal(start: float, final: float, progress: float, anneal_start: flo
 
 @dataclass(frozen=True)
 class QRampingConfig:
-    """Q-Ramping (PAPER.md): every ``interval`` steps (None: at each epoch start) ``calib_steps`` plain-AdamW steps
-    measure each weight's oscillation ratio R_w; its update period becomes k2 * floor(R_w / k1) + 1."""
+    """Q-Ramping (docs/methods.md#q-ramping): every ``interval`` steps (None: at each epoch start) ``calib_steps``
+    plain-AdamW steps measure each weight's oscillation ratio R_w; its update period becomes
+    k2 * floor(R_w / k1) + 1."""
 
     k1: float = 16.0
     k2: int = 5
@@ -115,8 +116,8 @@ class FreezeConfig:
 
 # Fields of Recipe that hold a nested config, and its class (for from_dict).
 _NESTED = {"qramping": QRampingConfig, "dampen": DampenConfig, "freeze": FreezeConfig}
-# Other 4-bit recipes (PAPER.md "Related recipes", Table 2's INT4) that replace the six quantizers with an op of
-# their own.
+# Other 4-bit training recipes (Tseng et al., Wang et al., Table 2's INT4; docs/methods.md#baselines) that replace
+# the six quantizers with an op of their own.
 SCHEMES = {"tseng": TsengConfig, "wang": WangConfig, "int4": Int4Config}
 
 
@@ -132,7 +133,7 @@ class Recipe:
     q5: QuantizerConfig | None = None
     q6: QuantizerConfig | None = None
     double_quant: bool = True
-    qema_beta: float = 0.998  # Q-EMA decay (PAPER.md Table 8); used only when q2 rounds with "ema"
+    qema_beta: float = 0.998  # Q-EMA decay (the paper's default; Table 8 tunes it); used only when q2 rounds with "ema"
     qramping: QRampingConfig | None = None
     dampen: DampenConfig | None = None
     freeze: FreezeConfig | None = None
@@ -189,7 +190,7 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
     def only(self, *roles: str, name: str | None = None) -> "Recipe":
-        """This recipe with every quantizer but ``roles`` switched off (PAPER.md Table 1)."""
+        """This recipe with every quantizer but ``roles`` switched off (the paper's Table 1)."""
         for role in roles:
             self.quantizer(role)
         changes = {role: None for role in ROLES if role not in roles}
@@ -258,7 +259,7 @@ def _build_registry() -> dict[str, Recipe]:
         tetrajet.replace(name="tetrajet_dampen", dampen=DampenConfig()),
         tetrajet.replace(name="tetrajet_freeze", freeze=FreezeConfig()),
     ]
-    # The other 4-bit recipes of PAPER.md "Related recipes".
+    # The other 4-bit training recipes (docs/methods.md#baselines).
     recipes += [Recipe("tseng", tseng=TsengConfig()), Recipe("wang", wang=WangConfig()),
                 Recipe("int4", int4=Int4Config())]
     return {recipe.name: recipe for recipe in recipes}

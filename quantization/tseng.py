@@ -26,7 +26,7 @@ dim is contracted by the GEMM, nothing has to be sliced back: zero rows/columns 
 orthonormal transform, still contribute exactly zero in exact arithmetic. Any N, C, D therefore works.
 ``random_hadamard`` returns the padded (longer) tensor for the same reason.
 
-Details that PAPER.md does not state, and what we chose:
+Details that the paper leaves open, and what we chose:
 - Signs are shared between the two operands of one GEMM (required for the cancellation) and drawn independently for
   the two GEMMs (dX and dW), anew on every backward call, from torch's default (CPU) generator, so
   ``torch.manual_seed`` reproduces them on every device. Draw order per backward: signs(dX GEMM), SR seed dY, SR seed W,

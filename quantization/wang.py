@@ -1,5 +1,5 @@
 """Wang et al. 2025, "Optimizing Large Language Model Training Using FP4 Quantization" (arXiv 2501.17116), as a
-standalone simulated-quantization autograd op (PAPER.md, "Related recipes").
+standalone simulated-quantization autograd op (docs/methods.md#wang-et-al).
 
 What is implemented (``wang_linear``):
 
@@ -11,11 +11,12 @@ What is implemented (``wang_linear``):
   whole tensor (one threshold per tensor, all leading dims flattened; not per token), Xc = clamp(X, -t, t), and
   Y = Q(Xc) Q(W)^T + (X - Xc) Q(W)^T + b, the residual product computed in the input's precision (fp32, or the
   autocast dtype the caller cast to). With ``outlier_residual=False`` the residual term is dropped (clamp only).
-  The quantile is exact, bit for bit ``torch.quantile``'s 'linear' interpolation (NaN inputs aside: see
-  ``outlier_threshold``), but computed without sorting: a two-pass radix select on the fp32 bit patterns of |X|
-  (``torch.bincount`` histograms of the high and then the low 16 bits), O(n) in wide GPU ops, no size limit
+  The quantile is the 'linear' one (numpy's default method) of this module's own definition (see
+  ``outlier_threshold``): the two order statistics exactly, by a two-pass radix select on the fp32 bit patterns of
+  |X| (``torch.bincount`` histograms of the high and then the low 16 bits), O(n) in wide GPU ops, no size limit
   (``torch.quantile`` has refused inputs above 2^24 elements in many torch versions, and CUDA ``kthvalue`` on one
-  huge row runs in essentially one thread block); no sampling. ``outlier_quantile=1`` disables clamping.
+  huge row runs in essentially one thread block), no sampling; then the interpolation in float64, rounded once to
+  float32, the same on every device and torch version. ``outlier_quantile=1`` disables clamping.
 * Backward GEMMs in high precision (the dtype of the forward operands: fp32, or BF16 under the caller's autocast).
   Wang et al. quantize the forward GEMMs to FP4 and keep the gradients of the backward pass in higher precision
   (their framework uses FP8 for them; this project has no FP8 simulation, so we simply leave them unquantized).
@@ -31,15 +32,15 @@ What is implemented (``wang_linear``):
   Without the residual the clamp's own gradient applies (outliers get zero gradient).
 * db = sum of dY over tokens.
 
-Choices not pinned by PAPER.md / simplifications:
+Choices the paper leaves open, and simplifications:
 * dW uses the full-precision activations X (dY^T X), not the quantized operand Q(Xc) + residual: the backward GEMMs
   run on unquantized operands; dX uses Q(W), the weight the forward used (STE through Q).
 * Quantization arithmetic is done in float32; the dequantized operands are cast back to the input dtype.
 * The residual GEMM is dense (a real implementation would use a sparse kernel for the ~1% outliers).
-* Differences from the authors' public simulation code (MS-AMP based; noted, not followed, since PAPER.md pins the
-  description above): there the clamp is two-sided on the signed values (the 0.01 and 0.99 quantiles of X, not of
-  |X|), the residual is added to the quantized operand before one GEMM, and the scale factor comes from MS-AMP's
-  ScalingMeta (a power of two, as we read MS-AMP) rather than absmax / 6.
+* Differences from the authors' public simulation code (MS-AMP based; noted, not followed: this module implements the
+  paper's description, as above): there the clamp is two-sided on the signed values (the 0.01 and 0.99 quantiles of
+  X, not of |X|), the residual is added to the quantized operand before one GEMM, and the scale factor comes from
+  MS-AMP's ScalingMeta (a power of two, as we read MS-AMP) rather than absmax / 6.
 """
 from __future__ import annotations
 
@@ -154,31 +155,26 @@ def _two_order_statistics(bits: torch.Tensor, k_lo: int, k_hi: int) -> torch.Ten
 
 
 def outlier_threshold(x: torch.Tensor, q: float) -> torch.Tensor:
-    """The q-quantile of |x| over all elements, as a 0-d float32 tensor on x's device: bit for bit what
-    ``torch.quantile(x.abs().float().flatten(), q)`` ('linear' interpolation) returns, for any size, without sorting.
+    """The q-quantile of |x| over all elements ('linear' interpolation), as a 0-d float32 tensor on x's device.
 
-    The interpolation is torch.quantile's (checked against torch 2.15 in tests/test_wang.py): q is rounded to float32
-    (``torch.quantile`` makes q a tensor of the input's dtype), rank = q * (n - 1) in float64, the order statistics
-    at floor(rank) and ceil(rank), weight = float32(rank - floor(rank)), and ``torch.lerp`` on one-element float32
-    tensors (its own rounding rules, FMA or not per device, as in torch.quantile). So like torch.quantile, an inf at
-    a selected rank gives NaN (lerp(inf, inf, w) is NaN), even with weight 0.
+    Definition, for the n values of |x| (bf16/fp16 widened to float32 exactly) in ascending order v_0 <= ... <=
+    v_{n-1}: rank r = q * (n - 1) in float64 (q as given, not rounded to float32), lo = floor(r), hi = ceil(r); the
+    result is v_lo where v_lo == v_hi (so an integral rank, and a rank between two equal values, return that value
+    exactly, inf included), otherwise v_lo + (r - lo) * (v_hi - v_lo) evaluated in float64, one IEEE operation at a
+    time, and rounded to float32. So it is within one float32 ulp of the exact real-valued interpolation (the float64
+    steps add a few float64 ulps at most), bit for bit the same on every device and torch version, and never outside
+    [v_lo, v_hi].
+
+    NaN counts as larger than +inf (NaN bit patterns sort above inf's): the result is NaN only when a selected rank
+    lands among the NaNs (the top ones), otherwise it is the quantile of the values with the NaNs counted in n.
+    (``torch.quantile`` returns NaN whenever any element is NaN.)
 
     The two order statistics are exact: a radix select on the float32 bit patterns of |x| (``_two_order_statistics``:
     two ``torch.bincount`` histograms, cumulative sums, ``searchsorted``), O(n) with a handful of elementwise passes
-    and small tensors. bf16/fp16 inputs are widened to float32 exactly first. Host syncs on CUDA: the boolean
-    selection of pass 2 (one), and ``torch.bincount`` itself reads its input's min and max on the host (two per call,
-    two calls); nothing else waits on the device.
-
-    NaN: unlike torch.quantile (which returns NaN when any element is NaN), a NaN counts as larger than +inf, as in
-    the former kthvalue implementation (kthvalue orders NaN last): the result is NaN only when a selected rank lands
-    among the NaNs (the top ones), otherwise it is the quantile of the values with the NaNs counted in n.
+    and small tensors. Host syncs on CUDA: the boolean selection of pass 2 (one), and ``torch.bincount`` itself reads
+    its input's min and max on the host (two per call, two calls); nothing else waits on the device.
 
     Raises ValueError for an empty x or q outside [0, 1].
-
-    The former implementation (two ``kthvalue`` calls; rank from q in float64, not rounded to float32 first, and
-    a + frac * (b - a) instead of lerp) was not bit-identical to torch.quantile: it differed in the last bits in
-    about a third of random cases (more than one ulp where q's float32 rounding moves the rank noticeably, i.e. at
-    large n), and for an inf at an integral rank it returned inf where torch.quantile (and this) give NaN.
     """
     q = float(q)
     if not 0.0 <= q <= 1.0:
@@ -189,12 +185,12 @@ def outlier_threshold(x: torch.Tensor, q: float) -> torch.Tensor:
     n = bits.numel()
     if n == 0:
         raise ValueError("outlier_threshold of an empty tensor")
-    # torch.quantile's rank: q as float32 (a tensor of the input dtype), times n - 1 in float64.
-    rank = float(torch.tensor(q, dtype=torch.float32)) * (n - 1)
+    rank = q * (n - 1)
     lo, hi = math.floor(rank), math.ceil(rank)
-    v = _two_order_statistics(bits, lo, hi).view(torch.float32)
-    w = torch.full((1,), rank - lo, dtype=torch.float32, device=bits.device)
-    return torch.lerp(v[0:1], v[1:2], w).reshape(())
+    v = _two_order_statistics(bits, lo, hi).view(torch.float32).double()
+    # Separate tensor ops, so each is one correctly rounded float64 operation on any device (no fused multiply-add).
+    between = v[0] + (rank - lo) * (v[1] - v[0])
+    return torch.where(v[0] == v[1], v[0], between).float()
 
 
 class WangLinearFunction(torch.autograd.Function):

@@ -34,14 +34,12 @@ import triton
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), os.path.join(os.path.dirname(__file__), "..")]
-
-from bench_qramping import HYPER, block_weights, realistic_periods  # noqa: E402
-from bench_quant import TOKENS, dequant_rows, fused_rows, kernel_rows  # noqa: E402
-from models import PAPER_MODELS, build_model  # noqa: E402
-from quantization import QRampingAdamW, QRampingCalibrator, attach_qema, get_recipe  # noqa: E402
-from quantization.ema import qema_layers  # noqa: E402
-from quantization.linear import QEMA_WARMUP_UPDATES  # noqa: E402
+from bench_qramping import HYPER, block_weights, realistic_periods
+from bench_quant import TOKENS, dequant_rows, fused_rows, kernel_rows
+from models import PAPER_MODELS, build_model
+from quantization import QRampingAdamW, QRampingCalibrator, attach_qema, get_recipe
+from quantization.ema import qema_layers
+from quantization.linear import QEMA_WARMUP_UPDATES
 
 MODELS = {name.split("_patch")[0]: name for name in PAPER_MODELS}  # deit_tiny -> deit_tiny_patch16_224, ...
 METHODS = ("bf16", "tetrajet", "tetrajet_qema", "tetrajet_qramping")

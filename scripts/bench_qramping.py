@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import replace
@@ -28,9 +27,7 @@ import triton.testing
 from timm.optim import param_groups_weight_decay
 from torch import nn
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from quantization import QLinear, QRampingAdamW, QRampingCalibrator, get_recipe  # noqa: E402
+from quantization import QLinear, QRampingAdamW, QRampingCalibrator, get_recipe
 
 HYPER = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
 

@@ -12,17 +12,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import subprocess
-import sys
 
 import torch
 import triton.testing
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from quantization import QLinear, get_format  # noqa: E402
-from quantization import kernels  # noqa: E402
+from quantization import QLinear, get_format
+from quantization import kernels
 
 TOKENS = 256 * 197
 DEIT_S_SHAPES = {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}

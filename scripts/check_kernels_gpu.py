@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from quant_helpers import (as_layout, assert_bitwise_equal, both_ways, check_both_layouts, check_quantize,  # noqa: E402
-                           check_requantize, edge_matrix, midpoint_blocks, overflow_blocks, requantize_input,
-                           zero_blocks_with_ema)
-
-from quantization import FORMATS, QLinear, dequantize, get_recipe, quantize, quantize_packed  # noqa: E402
-from quantization.formats import LAYOUTS, ROUNDINGS, SCALE_RULES  # noqa: E402
-from quantization.ops import quantize_both_layouts_2d, requantize_2d  # noqa: E402
-from quantization.recipes import ROLE_LAYOUTS  # noqa: E402
+from quantization import FORMATS, QLinear, dequantize, get_recipe, quantize, quantize_packed
+from quantization.formats import LAYOUTS, ROUNDINGS, SCALE_RULES
+from quantization.ops import quantize_both_layouts_2d, requantize_2d
+from quantization.recipes import ROLE_LAYOUTS
+from quantization.testing import (STOCHASTIC_BLOCK, as_layout, assert_bitwise_equal, both_ways, check_both_layouts,
+                                  check_quantize, check_requantize, edge_matrix, grid_neighbours, max_bias_in_sigmas,
+                                  midpoint_blocks, overflow_blocks, requantize_input, zero_blocks_with_ema)
 
 
 def big_input(n_elements: int, fmt: str, dtype: torch.dtype, layout: str) -> torch.Tensor:
@@ -37,7 +32,7 @@ def big_input(n_elements: int, fmt: str, dtype: torch.dtype, layout: str) -> tor
     g = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(rows, cols, device="cuda", generator=g)
     x = x * torch.exp(4 * torch.randn(rows, cols, device="cuda", generator=g))
-    edges = edge_matrix(FORMATS[fmt].max_value, torch.float32, cols=64).cuda()
+    edges = edge_matrix(fmt, torch.float32, cols=64).cuda()
     reps = rows // edges.shape[0]
     x[: reps * edges.shape[0], :64] = edges.repeat(reps, 1)
     x = x.to(dtype)
@@ -143,23 +138,17 @@ def boundary_saturation(dtype: torch.dtype) -> None:
 
 
 def stochastic_statistics(layout: str, dtype: torch.dtype) -> None:
-    from test_quant_stochastic import BLOCK, GRID  # the unit test's block and grid
-
     draws = 1 << 16
-    x = BLOCK.to(dtype).float().repeat(draws, 1).to(dtype).cuda()
+    block = STOCHASTIC_BLOCK.to(dtype).float()  # the unit test's block, as the dtype holds it
+    x = block.repeat(draws, 1).to(dtype).cuda()
     if layout == "32x1":
         x = x.t().contiguous()
     torch.manual_seed(11)
     y = quantize(x, layout=layout, rounding="stochastic").float()
     y = (y if layout == "1x32" else y.t()).cpu()
-    block = BLOCK.to(dtype).float()
-    a = block.abs()
-    lower = GRID[torch.searchsorted(GRID, a, right=True) - 1] * block.sign()
-    upper = GRID[torch.clamp(torch.searchsorted(GRID, a), max=len(GRID) - 1)] * block.sign()
+    lower, upper = grid_neighbours(block)
     assert ((y == lower) | (y == upper)).all(), "values outside the two neighbours"
-    p = ((a - lower.abs()) / (upper.abs() - lower.abs()).clamp(min=1e-12)).clamp(0, 1)
-    sigma = ((upper - lower).abs() * (p * (1 - p)).sqrt() / draws**0.5).clamp(min=1e-6)
-    z = ((y.double().mean(0).float() - block).abs() / sigma).max().item()
+    z = max_bias_in_sigmas(y, block)
     assert z < 5.0, f"bias of {z:.1f} sigma"
 
 

@@ -25,7 +25,6 @@ Usage: python scripts/make_tables.py OUTPUT_ROOT [--profile imagenet|proxy] [--t
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from dataclasses import dataclass
@@ -34,15 +33,12 @@ from typing import Iterable
 
 import yaml
 
-sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from summarize_runs import summarize  # noqa: E402
-from table_runs import (CLAIMS, MODEL_HEADERS, PROFILES, TABLES, PaperTable, Profile, Run, Verdict,  # noqa: E402
+from summarize_runs import summarize
+from table_runs import (CLAIMS, MODEL_HEADERS, PROFILES, TABLES, PaperTable, Profile, Run, Verdict,
                         claim_model, evaluate, get_profile, resolve)
-from table_runs.claims import Values  # noqa: E402
-from table_runs.paper import BF16, MICROSCALING  # noqa: E402
-from training.logger import LOG_FILE, read_log  # noqa: E402
+from table_runs.claims import Values
+from table_runs.paper import BF16, MICROSCALING
+from training.logger import LOG_FILE, read_log
 
 METRICS = {"final": "top1", "best": "best_top1", "ema": "ema_top1"}
 DIGITS = {"top1": 2, "r_q": 4, "r_y": 4}

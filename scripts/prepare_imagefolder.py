@@ -8,7 +8,6 @@ Then:  python main.py --config ... --set data.dataset=imagenet --data-path data/
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from pathlib import Path
@@ -16,9 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from datasets import find_fashion_mnist, load_fashion_mnist  # noqa: E402
+from datasets import find_fashion_mnist, load_fashion_mnist
 
 
 def class_dir_name(index: int, name: str) -> str:

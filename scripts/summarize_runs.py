@@ -7,14 +7,11 @@ Usage: python scripts/summarize_runs.py RUN_DIR [RUN_DIR ...]
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from training.logger import read_log  # noqa: E402
+from training.logger import read_log
 
 
 def summarize(run_dir: Path) -> dict:

@@ -1,13 +1,9 @@
 """CPU tests of scripts/bench.py's pure parts: argument validation, ratios, targets, GPU-hours, the table."""
-import os
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-
-import bench  # noqa: E402
+import bench
 
 
 def run(model, method, step_ms, peak_mib, calibration_s=None):

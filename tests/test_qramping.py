@@ -63,7 +63,7 @@ def test_all_ones_periods_are_torch_adamw(backend):
 
 
 def _oracle(params, periods, grads, lr, betas, eps, weight_decay):
-    """Q-Ramping per element in float64 Python arithmetic, straight from PAPER.md."""
+    """Q-Ramping per element in float64 Python arithmetic, straight from the rule in docs/methods.md#q-ramping."""
     beta1, beta2 = betas
     out = []
     for index, p in enumerate(params):

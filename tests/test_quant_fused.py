@@ -6,10 +6,9 @@ import itertools
 import pytest
 import torch
 
-from quantization import FORMATS, dequantize, quantize, quantize_packed
+from quantization import dequantize, quantize, quantize_packed
 from quantization.ops import quantize_2d, quantize_both_layouts_2d, requantize_2d
-
-from quant_helpers import assert_bitwise_equal, edge_matrix
+from quantization.testing import assert_bitwise_equal, edge_matrix
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on NaN blocks
 
@@ -19,7 +18,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def _edges_both_ways(fmt: str, dtype: torch.dtype) -> torch.Tensor:
     """Edge-case blocks along the rows (top left) and down the columns (bottom right), with tails both ways; an even
     column count, so the one-pass pair kernels run (odd counts take two passes: test_..._any_size)."""
-    a = edge_matrix(FORMATS[fmt].max_value, torch.float32)
+    a = edge_matrix(fmt, torch.float32)
     rows, cols = a.shape
     x = torch.zeros(rows + cols, cols + rows + (cols + rows) % 2)
     x[:rows, :cols] = a

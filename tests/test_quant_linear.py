@@ -6,8 +6,7 @@ from torch import nn
 
 from quantization import QLinear, Recipe, get_recipe, quantize
 from quantization.recipes import ROLE_LAYOUTS
-
-from quant_helpers import assert_bitwise_equal
+from quantization.testing import assert_bitwise_equal
 
 
 def _pair(recipe, dtype=torch.float32, bias=True, seed=0):
