@@ -74,18 +74,26 @@ class QRampingConfig:
                  "qramping.interval", self.interval, "null (each epoch) or an integer >= 1")
 
 
+DAMPEN_AGGREGATIONS = ("kernel_mean", "mean", "sum")
+
+
 @dataclass(frozen=True)
 class DampenConfig:
-    """Oscillation dampening (Nagel et al. 2022): loss weight * sum (sg(Q(W)) - clip(W))^2 over the quantized weights,
-    the weight annealed by a cosine from ``start`` to ``final`` (their defaults: 0 -> 0.1)."""
+    """Oscillation dampening (Nagel et al. 2022): loss weight * sum over layers of (1 / in_features) sum (sg(Q(W)) -
+    clip(W))^2 (``aggregation``: ``kernel_mean``, as their released scripts run; ``mean`` or ``sum`` otherwise), the
+    weight held at ``start`` until ``anneal_start`` (a fraction of training), then a cosine to ``final`` (their
+    defaults: 0 -> 0.1 from 25%)."""
 
     start: float = 0.0
     final: float = 0.1
-    anneal_start: float = 0.0
+    anneal_start: float = 0.25
+    aggregation: str = "kernel_mean"
 
     def __post_init__(self) -> None:
         _require(self.start >= 0 and self.final >= 0, "dampen.start/final", (self.start, self.final), ">= 0")
         _require(0.0 <= self.anneal_start < 1.0, "dampen.anneal_start", self.anneal_start, "in [0, 1)")
+        _require(self.aggregation in DAMPEN_AGGREGATIONS, "dampen.aggregation", self.aggregation,
+                 f"one of {', '.join(DAMPEN_AGGREGATIONS)}")
 
     def weight_at(self, progress: float) -> float:
         """The loss weight at ``progress`` (fraction of all training steps done, in [0, 1])."""

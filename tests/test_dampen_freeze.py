@@ -20,29 +20,47 @@ def _layer(values, recipe):
     return layer
 
 
-def test_dampen_loss_value_and_gradient():
-    layer = _layer([6.0, 1.125, -0.375, 2.625], "tetrajet_dampen")
+@pytest.mark.parametrize("aggregation,divisor", [("kernel_mean", 32), ("mean", 32), ("sum", 1)])
+def test_dampen_loss_value_and_gradient(aggregation, divisor):
+    recipe = get_recipe("tetrajet_dampen")
+    layer = _layer([6.0, 1.125, -0.375, 2.625], recipe.replace(dampen=DampenConfig(aggregation=aggregation)))
     model = nn.Sequential(layer, QLinear(1, 32, recipe="tetrajet"))  # a layer without Dampen is not counted
     loss = dampen_loss(model, 0.5)
-    # nearest grid values 6, 1, -0.5, 3: squared distances 0, 1/64, 1/64, 9/64
-    assert loss.item() == 0.5 * 11 / 64
+    # nearest grid values 6, 1, -0.5, 3: squared distances 0, 1/64, 1/64, 9/64; one output row of 32 inputs, so
+    # kernel_mean (sum / in_features) and mean agree here
+    assert loss.item() == 0.5 * 11 / 64 / divisor
     loss.backward()
     grad = layer.weight.grad[0, :5].tolist()
-    assert grad == [0.0, 0.125, 0.125, -0.375, 0.0]  # 2 * lambda * (w - Q(w)): pulled toward the grid point
+    assert grad == [g / divisor for g in (0.0, 0.125, 0.125, -0.375, 0.0)]  # 2 lambda (w - Q(w)), toward the grid
+
+
+def test_dampen_kernel_mean_divides_each_layer_by_its_input_width():
+    recipe = get_recipe("tetrajet_dampen")
+    wide, narrow = QLinear(64, 2, bias=False, recipe=recipe), QLinear(32, 2, bias=False, recipe=recipe)
+    summed = {name: dampen_loss(nn.Sequential(layer), 1.0) for name, layer in (("wide", wide), ("narrow", narrow))}
+    for layer in (wide, narrow):
+        layer.recipe = recipe.replace(dampen=DampenConfig(aggregation="sum"))
+    assert torch.equal(summed["wide"] * 64, dampen_loss(nn.Sequential(wide), 1.0))
+    assert torch.equal(summed["narrow"] * 32, dampen_loss(nn.Sequential(narrow), 1.0))
+    both = dampen_loss(nn.Sequential(wide, narrow), 1.0)
+    assert torch.equal(both, dampen_loss(nn.Sequential(wide), 1.0) + dampen_loss(nn.Sequential(narrow), 1.0))
 
 
 def test_dampen_clips_like_the_quantizer():
     recipe = get_recipe("tetrajet_dampen").replace(q2=QuantizerConfig(scale_rule="floor"))
     layer = _layer([31.0, 9.0], recipe)  # OCP scale 4: 31 clips to 24 (= Q(31)), 9 -> 8
     loss = dampen_loss(nn.Sequential(layer), 1.0)
-    assert loss.item() == 1.0
+    assert loss.item() == 1.0 / 32  # kernel_mean: the layer's 32 inputs
     loss.backward()
-    assert layer.weight.grad[0, :2].tolist() == [0.0, 2.0]  # no gradient through the clipped weight
+    assert layer.weight.grad[0, :2].tolist() == [0.0, 2.0 / 32]  # no gradient through the clipped weight
 
 
 def test_dampen_weight_schedule_and_errors():
-    config = DampenConfig()
-    assert (config.weight_at(0.0), config.weight_at(0.5), config.weight_at(1.0)) == (0.0, pytest.approx(0.05), 0.1)
+    config = DampenConfig()  # Nagel et al.'s scripts: 0 until a quarter of training, then a cosine to 0.1
+    assert (config.weight_at(0.0), config.weight_at(0.25), config.weight_at(1.0)) == (0.0, 0.0, 0.1)
+    assert config.weight_at(0.625) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="dampen.aggregation must be one of kernel_mean, mean, sum, got 'max'"):
+        DampenConfig(aggregation="max")
     assert DampenConfig(anneal_start=0.5).weight_at(0.4) == 0.0
     with pytest.raises(ValueError, match="no QLinear whose recipe sets 'dampen'"):
         dampen_loss(nn.Sequential(QLinear(32, 2, recipe="tetrajet")), 0.1)
