@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from .amp import apply_linear_op
 from .formats import get_format
 from .ops import draw_seed
-from .reference import _blocked, _unblocked, pow2, round_scaled, shared_exponent, uniform_from_index
+from .reference import _blocked, _unblocked, magnitude_limit, pow2, round_scaled, shared_exponent, uniform_from_index
 
 __all__ = ["TsengConfig", "tseng_linear", "TsengLinearFunction", "hadamard_matrix", "random_hadamard",
            "random_signs", "prescaled_quantize", "padded_length"]
@@ -159,7 +159,7 @@ def prescaled_quantize(x2d: torch.Tensor, layout: str, fmt: str = "e2m1", presca
     v = xb * pow2(-s) * prescale
     index = torch.arange(rows * cols, device=x2d.device).view(rows, cols)
     uniform = uniform_from_index(_blocked(index, layout), seed)
-    grid = round_scaled(v, element, "stochastic", uniform=uniform)
+    grid = round_scaled(v, element, "stochastic", limit=magnitude_limit(s, element, torch.float32), uniform=uniform)
     return _unblocked(grid * pow2(s), layout, rows, cols)
 
 
