@@ -1,4 +1,5 @@
 """datasets.py: IDX reading, dataset errors that explain themselves, transforms, the global-batch sampler."""
+import dataclasses
 import gzip
 
 import numpy as np
@@ -58,9 +59,12 @@ def test_missing_imagefolder_tree_says_what_is_expected(tmp_path, make, message)
 
 
 def test_unknown_dataset_lists_the_choices():
-    config = load_config([], ["data.dataset=mnist"])
-    with pytest.raises(ValueError, match="unknown data.dataset 'mnist'; valid choices: imagenet, fashion_mnist"):
-        build_datasets(config.data, config.aug, 28, 1)
+    message = "unknown data.dataset 'mnist'; valid choices: imagenet, fashion_mnist"
+    with pytest.raises(ValueError, match=message):  # at load time, before a run writes anything
+        load_config([], ["data.dataset=mnist"])
+    config = load_config([])
+    with pytest.raises(ValueError, match=message):  # and for a DataConfig built in code
+        build_datasets(dataclasses.replace(config.data, dataset="mnist"), config.aug, 28, 1)
 
 
 def test_channel_stats_fit_the_channel_count():
