@@ -190,8 +190,20 @@ class Trainer:
             raise training.checkpoint_error(path, f"does not fit this run, written by another configuration? "
                                                   f"({training.brief(error)})") from None
 
+    def replicated_state(self) -> dict[str, object]:
+        """What every rank must hold bit for bit: the model (parameters and quantizer buffers such as Q-EMA's), the
+        model EMA and the optimizer state (moments, Q-Ramping's periods and counters)."""
+        state: dict[str, object] = {f"model.{name}": value for name, value in self.model.state_dict().items()}
+        if self.model_ema is not None:
+            state.update((f"model_ema.{name}", value) for name, value in self.model_ema.state_dict().items())
+        for index, entries in self.optimizer.state_dict()["state"].items():
+            state.update((f"optimizer.{index}.{key}", value) for key, value in entries.items())
+        return state
+
     def save(self, epoch: int, is_best: bool) -> None:
-        state = self.state_dict(epoch)  # collective: every rank takes part
+        # Collectives: every rank takes part. A rank that drifted apart is a bug worth stopping for.
+        training.check_replicas(self.replicated_state(), f"after epoch {epoch + 1}")
+        state = self.state_dict(epoch)
         if self.ctx.is_main:
             training.save_atomic(state, self.output_dir / LAST)
             if is_best:

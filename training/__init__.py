@@ -3,12 +3,13 @@ batches of Q-Ramping's calibrations."""
 from .calibration import CalibrationBatches
 from .checkpoint import (CheckpointError, brief, checkpoint_error, load, rng_state, save_atomic, seed_everything,
                          set_rng_state)
-from .distributed import DistContext, all_reduce_sum, barrier, cleanup, gather_objects, init_distributed
+from .distributed import (DistContext, ReplicaMismatchError, all_reduce_sum, barrier, check_replicas, cleanup,
+                          gather_objects, init_distributed)
 from .logger import RunLogger, read_log, setup_console
 from .optim import OPTIMIZERS, build_criterion, build_optimizer, scaled_lr
 from .schedule import LRSchedule, build_scheduler
 
-__all__ = ["CalibrationBatches", "CheckpointError", "DistContext", "LRSchedule", "OPTIMIZERS", "RunLogger",
-           "all_reduce_sum", "barrier", "brief", "build_criterion", "build_optimizer", "build_scheduler",
-           "checkpoint_error", "cleanup", "gather_objects", "init_distributed", "load", "read_log", "rng_state",
-           "save_atomic", "scaled_lr", "seed_everything", "set_rng_state", "setup_console"]
+__all__ = ["CalibrationBatches", "CheckpointError", "DistContext", "LRSchedule", "OPTIMIZERS", "ReplicaMismatchError",
+           "RunLogger", "all_reduce_sum", "barrier", "brief", "build_criterion", "build_optimizer", "build_scheduler",
+           "check_replicas", "checkpoint_error", "cleanup", "gather_objects", "init_distributed", "load", "read_log",
+           "rng_state", "save_atomic", "scaled_lr", "seed_everything", "set_rng_state", "setup_console"]

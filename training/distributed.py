@@ -66,3 +66,35 @@ def gather_objects(obj: object) -> list:
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
+
+
+class ReplicaMismatchError(RuntimeError):
+    """State that data-parallel training keeps identical on every rank differs between ranks: a bug, not a setting."""
+
+
+def fingerprint(tensor: torch.Tensor) -> tuple[int, int]:
+    """Two exact integers from the bytes of ``tensor`` (their sum and their position-weighted sum): equal bits give
+    equal fingerprints; a change of any byte changes at least one of them. Computed where the tensor lives."""
+    data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).to(torch.int64)
+    weights = torch.arange(1, data.numel() + 1, device=data.device, dtype=torch.int64)
+    return int(data.sum()), int((data * weights).sum())  # exact up to 2^27 bytes, then wrapping
+
+
+def check_replicas(state: dict[str, object], when: str) -> None:
+    """Raise ReplicaMismatchError naming the entries of ``state`` (name -> tensor or plain value) in which some rank
+    differs from rank 0. Every rank must call it (a collective); it does nothing in a single process.
+
+    Used for the state that DDP does not synchronise but each rank updates alike from the all-reduced gradients:
+    parameters, quantizer buffers (Q-EMA, Freeze), optimizer moments and Q-Ramping's periods."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    local = {name: fingerprint(value) if isinstance(value, torch.Tensor) else repr(value)
+             for name, value in state.items()}
+    ranks = gather_objects(local)
+    differing = [(rank, name) for rank, other in enumerate(ranks[1:], start=1)
+                 for name in local if other.get(name) != ranks[0].get(name)]
+    if differing:
+        names = sorted({name for _, name in differing})
+        rank_list = sorted({rank for rank, _ in differing})
+        raise ReplicaMismatchError(f"{when}: rank(s) {rank_list} differ from rank 0 in {len(names)} entries, first "
+                                   f"{names[:5]}; data-parallel replicas must stay bit-identical")
