@@ -35,6 +35,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              "tetrajet_dampen; --dry-run lists them)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train.seed values (default 0)")
     parser.add_argument("--epochs", type=int, help="train.epochs (default: the profile's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="main.py override for every run, after the table's own (repeatable); part of the "
+                             "runs' configuration, so of their directory names")
     parser.add_argument("--output", type=Path, default=Path("output"),
                         help="output root, relative to the repo root unless absolute (default output)")
     parser.add_argument("--data-path", help="dataset root (default: the profile's; required for imagenet)")
@@ -63,7 +66,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     root = args.output if args.output.is_absolute() else REPO / args.output
     epochs = args.epochs or profile.epochs
-    runs, notes = plan_runs(profile, args.tables, args.models, args.seeds, root, epochs)
+    try:
+        runs, notes = plan_runs(profile, args.tables, args.models, args.seeds, root, epochs, args.set)
+    except ValueError as error:  # a malformed --set
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if args.labels:
         known = {run.config.label for run in runs}
         unknown = sorted(set(args.labels) - known)

@@ -3,6 +3,7 @@ reads the JSON-lines logs."""
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 
@@ -83,3 +84,34 @@ def test_summarize_runs_reads_the_last_record_of_each_epoch(tmp_path):
                             capture_output=True, text=True, check=True)
     row = result.stdout.splitlines()[2]
     assert row.startswith("| tetrajet | 3 | 30.00 | 30.00 | - | 600 | 1002 | 3.0 |")
+
+
+def test_the_imagenet_launcher_trains_for_real_on_two_processes(tmp_path):
+    """scripts/table2.sh's multi-process path run for real: NPROC, NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT
+    reach torchrun, two gloo processes train one epoch of a tiny DeiT on an ImageFolder tree (data.dataset=imagenet),
+    run_tables.py's --set values reach main.py, and a second launch skips the finished run."""
+    tree = tmp_path / "tree"
+    subprocess.run([sys.executable, "scripts/prepare_imagefolder.py", "--out", str(tree), "--train-per-class", "13",
+                    "--val-per-class", "7"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_PATH": str(tree), "OUTPUT": str(tmp_path / "out"),
+           "NPROC": "2", "NNODES": "1", "NODE_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+           "EPOCHS": "1", "MODELS": "deit_tiny", "OMP_NUM_THREADS": "1"}
+    tiny = ["model.img_size=28", "model.patch_size=7", "model.timm_kwargs={depth: 2, embed_dim: 32, num_heads: 2}",
+            "model.in_chans=1", "data.batch_size=32", "data.num_workers=0", "train.device=cpu",
+            "train.model_ema=false", "aug.repeated_aug=1"]
+    launch = ["bash", "scripts/table2.sh", "--labels", "tetrajet"] + [a for o in tiny for a in ("--set", o)]
+    result = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run_dir,) = (tmp_path / "out" / "imagenet" / "deit_tiny").glob("tetrajet-*/seed0")
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    (run,) = [r for r in records if r["type"] == "run"]
+    assert run["world_size"] == 2 and run["global_batch"] == 64
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [0]
+    config = (run_dir / "config.yaml").read_text()
+    assert "dataset: imagenet" in config and "embed_dim: 32" in config
+
+    again = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and f"finished, skipped: {run_dir}" in again.stderr, again.stderr[-2000:]

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import yaml
 
@@ -93,9 +93,9 @@ def method_file(run: Run, model: str) -> str:
     return path
 
 
-def resolve(profile: Profile, model: str, run: Run, epochs: int) -> RunConfigFiles:
-    """The configuration of ``run`` on ``model`` under ``profile`` for ``epochs`` epochs; the model must be one
-    of the profile's."""
+def resolve(profile: Profile, model: str, run: Run, epochs: int, extra: Sequence[str] = ()) -> RunConfigFiles:
+    """The configuration of ``run`` on ``model`` under ``profile`` for ``epochs`` epochs, with the ``extra``
+    overrides last (they win, and enter the run's hash); the model must be one of the profile's."""
     if model not in profile.models:
         raise ValueError(f"profile {profile.name!r} has no model {model!r}; valid choices: "
                          f"{', '.join(profile.models)}")
@@ -104,13 +104,15 @@ def resolve(profile: Profile, model: str, run: Run, epochs: int) -> RunConfigFil
     if run.monitor and not profile.monitored:
         overrides += [f"train.osc_interval={OSC_INTERVAL}", f"train.osc_window={OSC_WINDOW}",
                       f"train.osc_block={osc_block(model_file)}"]
+    overrides += extra
     return RunConfigFiles(model, model_file, method_file(run, model), tuple(overrides), run.label)
 
 
 def plan_runs(profile: Profile, tables: Iterable[int], models: Iterable[str], seeds: Iterable[int], root: Path,
-              epochs: int) -> tuple[list[PlannedRun], list[str]]:
+              epochs: int, extra: Sequence[str] = ()) -> tuple[list[PlannedRun], list[str]]:
     """Every distinct run the ``tables`` need on ``models`` (a filter of the tables' columns), once per seed, in
-    table order, seed by seed; and a note per table for the models the profile has no file for (skipped)."""
+    table order, seed by seed, each with the ``extra`` overrides; and a note per table for the models the profile
+    has no file for (skipped)."""
     wanted, seeds = set(models), list(seeds)
     found: dict[Path, tuple[RunConfigFiles, list[int]]] = {}
     notes = []
@@ -125,7 +127,7 @@ def plan_runs(profile: Profile, tables: Iterable[int], models: Iterable[str], se
             for model in table_models:
                 if model not in profile.models:
                     continue
-                config = resolve(profile, model, row.run, epochs)
+                config = resolve(profile, model, row.run, epochs, extra)
                 entry = found.setdefault(config.directory(root, profile), (config, []))
                 if number not in entry[1]:
                     entry[1].append(number)
