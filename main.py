@@ -218,7 +218,7 @@ class Trainer:
                 "quantized_linears": quantized, "world_size": self.ctx.world_size,
                 "global_batch": self.global_batch, "lr": self.lr, "train_images": len(self.data.train),
                 "val_images": len(self.data.val), "device": str(self.ctx.device), "torch": torch.__version__,
-                "start_epoch": self.start_epoch}
+                "commit": training.source_commit(), "start_epoch": self.start_epoch}
 
     def stop_note(self) -> str:
         if self.saved_epoch is None:

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections import defaultdict
@@ -40,6 +39,7 @@ from models import PAPER_MODELS, build_model
 from quantization import QRampingAdamW, QRampingCalibrator, attach_qema, get_recipe
 from quantization.ema import qema_layers
 from quantization.linear import QEMA_WARMUP_UPDATES
+from training import source_commit
 
 MODELS = {name.split("_patch")[0]: name for name in PAPER_MODELS}  # deit_tiny -> deit_tiny_patch16_224, ...
 METHODS = ("bf16", "tetrajet", "tetrajet_qema", "tetrajet_qramping")
@@ -211,16 +211,6 @@ def profile(model_name: str, args: argparse.Namespace, steps: int = 5) -> dict:
                 kernels_ms=sorted(kernels.items(), key=lambda kv: -kv[1]))
 
 
-def git_commit() -> str:
-    """The working tree's short commit, or 'unknown' (no git on the GPU machine)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() or "unknown"
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", type=choice_list(tuple(MODELS), "model"),
@@ -237,7 +227,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-kernels", action="store_true", help="skip the quantizer kernel table")
     parser.add_argument("--profile", action="store_true", help="profile a tetrajet step of the first model")
     parser.add_argument("--json", help="also write everything to this file")
-    parser.add_argument("--commit", help="commit to report (default: git rev-parse, else 'unknown')")
+    parser.add_argument("--commit", help="commit to report (default: this checkout's, else 'unknown')")
     return parser.parse_args(argv)
 
 
@@ -246,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not torch.cuda.is_available():
         sys.exit("bench.py needs a CUDA GPU (torch.cuda.is_available() is False); run it on the GPU machine")
     result = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                  commit=args.commit or git_commit(), date=datetime.datetime.now().isoformat(timespec="seconds"),
+                  commit=args.commit or source_commit(), date=datetime.datetime.now().isoformat(timespec="seconds"),
                   args=vars(args), runs=[])
     print(f"{result['device']} | torch {result['torch']} | triton {result['triton']} | commit {result['commit']} | "
           f"{result['date']}")

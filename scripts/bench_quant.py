@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
 
 import torch
 import triton.testing
 
 from quantization import QLinear, get_format
 from quantization import kernels
+from training import source_commit
 
 TOKENS = 256 * 197
 DEIT_S_SHAPES = {"qkv": (384, 1152), "proj": (384, 384), "fc1": (384, 1536), "fc2": (1536, 384)}
@@ -202,11 +202,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--sweep", action="store_true", help="also sweep kernel tile sizes")
-    parser.add_argument("--commit", help="commit to report (default: git rev-parse of the working tree)")
+    parser.add_argument("--commit", help="commit to report (default: this checkout's, else 'unknown')")
     args = parser.parse_args()
-    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                           text=True).stdout.strip()
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit or 'unknown'}")
+    commit = args.commit or source_commit()
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit}")
     x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
     result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": kernel_rows(x)}
     result["kernels"] += dequant_rows(x, result["kernels"][0]["gbs"]) + fused_rows(x, result["kernels"][0]["gbs"])

@@ -1,9 +1,14 @@
-"""CPU tests of scripts/bench.py's pure parts: argument validation, ratios, targets, GPU-hours, the table."""
+"""CPU tests of scripts/bench.py's pure parts: argument validation, ratios, targets, GPU-hours, the table, and the
+commit it reports."""
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import bench
+from training import provenance
 
 
 def run(model, method, step_ms, peak_mib, calibration_s=None):
@@ -84,3 +89,17 @@ def test_format_table_layout():
 def test_bound_by():
     assert bench.bound_by(95.0, 100.0) == "GPU-bound"
     assert bench.bound_by(60.0, 100.0) == "host-bound"
+
+
+def test_source_commit_is_this_checkouts_and_unknown_in_a_copy_inside_another_repository(tmp_path):
+    """A copy of the project without its .git inside another repository must not report that repository's commit."""
+    head = subprocess.run(["git", "-C", str(provenance.PROJECT_ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    assert provenance.source_commit().split("+")[0] == head
+    outer = tmp_path / "outer"
+    subprocess.run(["git", "init", "-q", str(outer)], check=True)
+    copy = outer / "project" / "training"
+    shutil.copytree(provenance.PROJECT_ROOT / "training", copy)
+    result = subprocess.run([sys.executable, "-c", "import provenance; print(provenance.source_commit())"],
+                            cwd=copy, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "unknown"
