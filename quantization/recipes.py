@@ -128,7 +128,8 @@ _NESTED = {"qramping": QRampingConfig, "dampen": DampenConfig, "freeze": FreezeC
 
 @dataclass(frozen=True)
 class _RecipeFields:
-    """The fields of a Recipe (documented there)."""
+    """The fields of a Recipe (documented there), in a base class so that Recipe's own ``__init__`` can take an op's
+    config under the op's name before the generated one sets them."""
 
     name: str
     q1: QuantizerConfig | None = None
@@ -157,7 +158,7 @@ def _op_keywords(recipe: str, kwargs: dict) -> dict:
     if not named:
         return kwargs
     for key, config in named.items():
-        if config is not None and not isinstance(config, ops[key].config_cls):
+        if config is not None and type(config) is not ops[key].config_cls:
             raise TypeError(f"recipe {recipe!r}: {key} must be a {ops[key].config_cls.__name__} or None, "
                             f"got {config!r}")
     configs = [config for config in (kwargs.get("op"), *named.values()) if config is not None]
