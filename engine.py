@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 from timm.data import Mixup
@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from quantization import QRampingCalibrator
+from quantization import MethodHook
 from training.distributed import DistContext, all_reduce_sum
 from training.logger import RunLogger
 
@@ -34,25 +34,27 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler, ctx: DistContext, epoch: int, *, amp_dtype: Optional[torch.dtype],
                     mixup: Optional[Mixup], model_ema: Optional[ModelEmaV3], clip_grad: Optional[float],
-                    logger: RunLogger, log_interval: int, first_step: int,
-                    extra_loss: Optional[Callable[[int], torch.Tensor]] = None,
-                    calibrator: Optional[QRampingCalibrator] = None,
-                    calib_batches: Optional[Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]] = None,
+                    logger: RunLogger, log_interval: int, first_step: int, hooks: Sequence[MethodHook] = (),
+                    calib_batches: Optional[Callable[[int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]] = None,
                     before_step: Optional[Callable[[int], object]] = None,
                     after_step: Optional[Callable[[int], object]] = None) -> dict:
     """Train over ``loader`` once; returns the epoch's mean loss, lr (at its first step), global images/s and peak
     GPU memory.
 
     The loss is averaged over ranks before the backward pass; a non-finite value raises NonFiniteLossError on every
-    rank at the same step, before any weight changes. ``extra_loss(step)`` is added to the loss (e.g. Dampen's
-    regularizer). ``calibrator`` (Q-Ramping) calibrates before each step it says is due, each calibration step on the
-    next batch of ``calib_batches(step)`` (a loader of its own: the training batches stay those of ``loader``), and
-    restores everything afterwards; gradients are clipped before Q-Ramping accumulates them. ``before_step(step)``
-    runs before each step and its calibration (e.g. a per-iteration learning-rate schedule), ``after_step(step)``
-    after each step (e.g. the oscillation monitor).
+    rank at the same step, before any weight changes. ``hooks`` are the method's (quantization.method_hooks,
+    attached): each adds its ``extra_loss(step)`` to the loss (e.g. Dampen's regularizer), and one that calibrates
+    (Q-Ramping) does so before each step it says is due, each calibration step on the next batch of
+    ``calib_batches(step, hook.calibration_steps)`` (a loader of its own: the training batches stay those of
+    ``loader``), restoring everything afterwards; its record goes to the run log. Gradients are clipped before the
+    optimizer sees them (Q-Ramping accumulates the clipped ones). ``before_step(step)`` runs before each step and
+    its calibration (e.g. a per-iteration learning-rate schedule), ``after_step(step)`` after each step (e.g. the
+    oscillation monitor).
     """
-    if calibrator is not None and calib_batches is None:
-        raise ValueError("a Q-Ramping calibrator needs calib_batches, the batches its calibration steps train on")
+    calibrating = [hook for hook in hooks if hook.calibration_steps]
+    if calibrating and calib_batches is None:
+        raise ValueError(f"{calibrating[0].name} calibrates: it needs calib_batches, the batches its calibration "
+                         f"steps train on")
     model.train()
     device = ctx.device
     if device.type == "cuda":
@@ -65,8 +67,10 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     def train_step(samples: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = criterion(model(samples), targets)
-        if extra_loss is not None:
-            loss = loss + extra_loss(step)
+        for hook in hooks:
+            extra = hook.extra_loss(step)
+            if extra is not None:
+                loss = loss + extra
         loss_value = all_reduce_sum(loss.detach().float()).item() / ctx.world_size
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, step {step} "
@@ -90,10 +94,11 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
             before_step(step)
         lr = optimizer.param_groups[0]["lr"]
         first_lr = lr if first_lr is None else first_lr
-        if calibrator is not None and calibrator.due(step):
-            batches = calib_batches(step)
-            record = calibrator.calibrate(lambda i: train_step(*next(batches), step), restore=[scaler])
-            logger.write({**record, "step": step, "epoch": epoch})
+        for hook in calibrating:
+            if hook.calibration_due(step):
+                batches = calib_batches(step, hook.calibration_steps)
+                record = hook.calibrate(lambda i: train_step(*next(batches), step), restore=[scaler])
+                logger.write({**record, "step": step, "epoch": epoch})
         loss_value = train_step(samples, targets, step)
         if model_ema is not None:
             model_ema.update(_unwrap(model))

@@ -25,7 +25,7 @@ import training
 from configs import ConfigError, RunConfig, check_resume_config, load_config, method_label, save_config
 from datasets import DatasetNotFoundError, build_datasets, build_loaders, build_mixup, mix_seed
 from models import build_model
-from quantization import OscillationMonitor, QLinear, QRampingCalibrator, attach_freeze, attach_qema, dampen_loss
+from quantization import OscillationMonitor, QLinear, TrainingContext, hooks_optimizer, method_hooks
 
 log = logging.getLogger("tetrajet")
 
@@ -110,7 +110,7 @@ class Trainer:
     def __init__(self, config: RunConfig, ctx: training.DistContext) -> None:
         self.config, self.ctx = config, ctx
         self.output_dir = Path(config.output_dir)
-        self.recipe = recipe = config.method.resolved
+        recipe = config.method.resolved
         training.seed_everything(config.train.seed)  # same on every rank: identical initial weights
         self.data = build_datasets(config.data, config.aug, config.model.img_size, config.model.in_chans)
         self.mixup = build_mixup(config.aug, self.data.num_classes)
@@ -121,8 +121,9 @@ class Trainer:
             else None
         self.global_batch = config.data.batch_size * ctx.world_size
         self.lr = training.scaled_lr(config.optim.lr, self.global_batch)
+        self.hooks = method_hooks(recipe)  # the method's training-loop parts (quantization.hooks)
         self.optimizer = training.build_optimizer(self.model, config.optim, self.lr,
-                                                  ramping=recipe.qramping is not None)
+                                                  adamw=hooks_optimizer(self.hooks))
         self.amp_dtype = AMP_DTYPES[config.train.amp]
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.train.amp == "fp16")
         self.criterion = training.build_criterion(config.aug, self.mixup is not None)
@@ -137,20 +138,16 @@ class Trainer:
         self.total_steps = config.train.epochs * len(self.loaders.train)
         self.scheduler = training.build_scheduler(self.optimizer, config.optim, config.train.epochs,
                                                   len(self.loaders.train), self.global_batch)
-        # Optimizer-step hooks of the oscillation-reducing methods; their state lives in the model's buffers.
-        if recipe.uses_qema:
-            attach_qema(self.model, self.optimizer)
-        if recipe.freeze is not None:
-            attach_freeze(self.model, self.optimizer, self.total_steps, dtype=self.amp_dtype)
-        self.calibrator: Optional[QRampingCalibrator] = None
+        # Hooks keep their state in the model's buffers and the optimizer's state: the checkpoint holds it.
+        context = TrainingContext(self.model, self.optimizer, len(self.loaders.train), self.total_steps,
+                                  self.amp_dtype)
+        for hook in self.hooks:
+            hook.attach(context)
         self.calib_batches: Optional[training.CalibrationBatches] = None
-        if recipe.qramping is not None:
-            self.calibrator = QRampingCalibrator(self.model, self.optimizer, len(self.loaders.train),
-                                                 amp_dtype=self.amp_dtype)
+        if any(hook.calibration_steps for hook in self.hooks):
             self.calib_batches = training.CalibrationBatches(
                 self.data.train, config.data, repeats=config.aug.repeated_aug, seed=config.train.seed, rank=ctx.rank,
-                world_size=ctx.world_size, num_batches=self.calibrator.config.calib_steps, device=ctx.device,
-                mixup=build_mixup(config.aug, self.data.num_classes))
+                world_size=ctx.world_size, device=ctx.device, mixup=build_mixup(config.aug, self.data.num_classes))
         self.monitor: Optional[OscillationMonitor] = None
         self.start_epoch, self.best_acc1 = 0, float("-inf")  # the first evaluation is always the best yet
         self.saved_epoch: Optional[int] = None
@@ -240,11 +237,6 @@ class Trainer:
     def observe(self, step: int) -> None:
         self.monitor.after_step(step, epoch=step / len(self.loaders.train))
 
-    def dampen_loss(self, step: int) -> torch.Tensor:
-        """Dampen's regularizer (Nagel et al. 2022) at global ``step``, weighted by the recipe's schedule."""
-        weight = self.recipe.dampen.weight_at(step / self.total_steps)
-        return dampen_loss(self.model, weight, self.amp_dtype)
-
     def evaluate(self, model: nn.Module) -> dict:
         return engine.evaluate(model, self.loaders.val, self.ctx, self.amp_dtype, self.data.num_classes)
 
@@ -257,9 +249,7 @@ class Trainer:
                 self.train_model, self.loaders.train, self.criterion, self.optimizer, self.scaler, self.ctx, epoch,
                 amp_dtype=self.amp_dtype, mixup=self.mixup, model_ema=self.model_ema,
                 clip_grad=self.config.optim.clip_grad, logger=logger, log_interval=self.config.train.log_interval,
-                first_step=epoch * len(self.loaders.train), calibrator=self.calibrator,
-                calib_batches=self.calib_batches,
-                extra_loss=self.dampen_loss if self.recipe.dampen is not None else None,
+                first_step=epoch * len(self.loaders.train), hooks=self.hooks, calib_batches=self.calib_batches,
                 before_step=self.scheduler.before_step,
                 after_step=self.observe if self.monitor is not None else None)
         except engine.NonFiniteLossError as error:

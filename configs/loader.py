@@ -12,6 +12,8 @@ from typing import Any, Iterable, Union
 
 import yaml
 
+from quantization import hooks_optimizer, method_hooks
+
 from .schema import (AMP_MODES, DATASET_NAMES, DEVICES, ERASE_MODES, INTERPOLATIONS, MIXUP_MODES, OPTIMIZER_NAMES,
                      SCHED_INTERVALS, ConfigError, RunConfig, choices_error)
 
@@ -113,12 +115,14 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{key} must have two numbers, got {value}")
     check_timm_kwargs(config.model.timm_kwargs)
     try:
-        recipe = config.method.resolved
+        hooks = method_hooks(config.method.resolved)
+        hooks_optimizer(hooks)
     except ValueError as error:
         raise ConfigError(f"method.recipe: {error}") from None
-    if recipe.qramping is not None and config.optim.name != "adamw":
-        raise ConfigError(f"optim.name {config.optim.name!r} cannot be used with a Q-Ramping recipe: Q-Ramping wraps "
-                          f"AdamW (set optim.name=adamw)")
+    for hook in hooks:
+        if hook.optimizer is not None and config.optim.name != "adamw":
+            raise ConfigError(f"optim.name {config.optim.name!r} cannot be used with a {hook.name} recipe: "
+                              f"{hook.name} wraps AdamW (set optim.name=adamw)")
 
 
 def check_timm_kwargs(kwargs: dict) -> None:

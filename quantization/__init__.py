@@ -1,5 +1,6 @@
 """MXFP4 simulated quantization for training: formats, exact reference quantizers, Triton kernels, the six-quantizer
-Linear and named recipes, plus the paper's oscillation tools (Q-EMA, Q-Ramping, metrics, Dampen/Freeze baselines).
+Linear and named recipes, plus the paper's oscillation tools (Q-EMA, Q-Ramping, metrics, Dampen/Freeze baselines)
+and other papers' 4-bit Linear ops (Tseng et al., Wang et al., INT4), which register themselves on import here.
 Standalone: imports nothing from the training code."""
 from .formats import FORMATS, LAYOUTS, ROUNDINGS, SCALE_RULES, ElementFormat, get_format
 from .ops import MXTensor, dequantize, quantize, quantize_packed
@@ -9,23 +10,34 @@ __all__ = [
     "MXTensor", "dequantize", "quantize", "quantize_packed",
 ]
 from .linear import MXLinearFunction, QLinear
-from .recipes import RECIPES, ROLES, QuantizerConfig, Recipe, get_recipe
+from .recipes import RECIPES, ROLES, QuantizerConfig, Recipe, get_recipe, register_recipe
+from .registry import LinearOp, linear_op, linear_ops, register_linear_op
 
-__all__ += ["MXLinearFunction", "QLinear", "RECIPES", "ROLES", "QuantizerConfig", "Recipe", "get_recipe"]
-from .dampen import dampen_loss
-from .ema import attach_qema
-from .freeze import attach_freeze
+__all__ += ["MXLinearFunction", "QLinear", "RECIPES", "ROLES", "QuantizerConfig", "Recipe", "get_recipe",
+            "register_recipe", "LinearOp", "linear_op", "linear_ops", "register_linear_op"]
+from .dampen import dampen_hook, dampen_loss
+from .ema import attach_qema, qema_hook
+from .freeze import attach_freeze, freeze_hook
+from .hooks import MethodHook, TrainingContext, hooks_optimizer, method_hooks, register_method_hook
 from .oscillation import (OscillationMonitor, OscillationRatio, RateOfChange, block_output, nudged_output_change,
                           quant_conf)
-from .ramping import QRampingAdamW, QRampingCalibrator
+from .ramping import QRampingAdamW, QRampingCalibrator, qramping_hook
 from .recipes import DampenConfig, FreezeConfig, QRampingConfig
+
+# The training-side parts of the methods, in the order their hooks attach: Q-EMA's step hook runs before Freeze's.
+register_method_hook(dampen_hook)
+register_method_hook(qema_hook)
+register_method_hook(freeze_hook)
+register_method_hook(qramping_hook)
 
 __all__ += ["dampen_loss", "attach_qema", "attach_freeze", "OscillationMonitor", "OscillationRatio", "RateOfChange",
             "block_output", "nudged_output_change", "quant_conf", "QRampingAdamW", "QRampingCalibrator", "DampenConfig",
-            "FreezeConfig", "QRampingConfig"]
+            "FreezeConfig", "QRampingConfig", "MethodHook", "TrainingContext", "hooks_optimizer", "method_hooks",
+            "register_method_hook"]
+# The other papers' ops: importing each registers its config class, its op and its recipe (in this order, which is
+# the order of their keys in Recipe.to_dict).
 from .tseng import TsengConfig, tseng_linear
 from .wang import WangConfig, wang_linear
-
 from .int4 import Int4Config, int4_linear
 
 __all__ += ["TsengConfig", "tseng_linear", "WangConfig", "wang_linear", "Int4Config", "int4_linear"]

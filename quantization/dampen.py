@@ -21,7 +21,9 @@ from torch import nn
 
 from .formats import get_format
 from .grid import block_scales
+from .hooks import MethodHook, TrainingContext
 from .linear import QLinear
+from .recipes import DampenConfig, Recipe
 
 
 def dampened_layers(model: nn.Module) -> list[QLinear]:
@@ -55,3 +57,25 @@ def dampen_loss(model: nn.Module, weight: float, dtype: torch.dtype | None = Non
             clipped = torch.minimum(torch.maximum(seen.float(), -bound), bound)
             total = total + aggregate(layer.recipe.dampen.aggregation, (target - clipped).square())
     return weight * total
+
+
+class DampenHook(MethodHook):
+    """Dampen in a training loop (quantization.hooks): its loss term, weighted by the recipe's schedule."""
+
+    name = "Dampen"
+
+    def __init__(self, config: DampenConfig) -> None:
+        self.config = config
+        self.context: TrainingContext | None = None
+
+    def attach(self, context: TrainingContext) -> None:
+        self.context = context
+
+    def extra_loss(self, step: int) -> torch.Tensor:
+        weight = self.config.weight_at(step / self.context.total_steps)
+        return dampen_loss(self.context.model, weight, self.context.amp_dtype)
+
+
+def dampen_hook(recipe: Recipe) -> DampenHook | None:
+    """The hook of this method for ``recipe``, None if the recipe does not use it."""
+    return DampenHook(recipe.dampen) if recipe.dampen is not None else None

@@ -22,7 +22,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .hooks import MethodHook, TrainingContext
 from .linear import QLinear
+from .recipes import Recipe
 
 
 def qema_layers(model: nn.Module) -> list[QLinear]:
@@ -63,3 +65,17 @@ def attach_qema(model: nn.Module, optimizer: torch.optim.Optimizer, beta: float 
             update_qema(members, value)
 
     return optimizer.register_step_post_hook(hook)
+
+
+class QEmaHook(MethodHook):
+    """Q-EMA in a training loop (quantization.hooks): the EMA update after every optimizer step."""
+
+    name = "Q-EMA"
+
+    def attach(self, context: TrainingContext) -> None:
+        attach_qema(context.model, context.optimizer)
+
+
+def qema_hook(recipe: Recipe) -> QEmaHook | None:
+    """The hook of this method for ``recipe``, None if the recipe does not use it."""
+    return QEmaHook() if recipe.uses_qema else None

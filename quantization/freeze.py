@@ -29,8 +29,9 @@ from torch.utils.hooks import RemovableHandle
 
 from .formats import get_format
 from .grid import block_scales, grid_index, index_value
+from .hooks import MethodHook, TrainingContext
 from .ops import quantize_2d
-from .recipes import FreezeConfig, QuantizerConfig
+from .recipes import FreezeConfig, QuantizerConfig, Recipe
 
 
 class FreezeState(nn.Module):
@@ -129,3 +130,17 @@ def attach_freeze(model: nn.Module, optimizer: torch.optim.Optimizer, total_step
             layer.freeze_state.update(layer.weight, layer.recipe.q2, layer.recipe.freeze, threshold, dtype)
 
     return optimizer.register_step_post_hook(hook)
+
+
+class FreezeHook(MethodHook):
+    """Freeze in a training loop (quantization.hooks): tracking and freezing after every optimizer step."""
+
+    name = "Freeze"
+
+    def attach(self, context: TrainingContext) -> None:
+        attach_freeze(context.model, context.optimizer, context.total_steps, dtype=context.amp_dtype)
+
+
+def freeze_hook(recipe: Recipe) -> FreezeHook | None:
+    """The hook of this method for ``recipe``, None if the recipe does not use it."""
+    return FreezeHook() if recipe.freeze is not None else None

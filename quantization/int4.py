@@ -59,6 +59,8 @@ from typing import NamedTuple
 import torch
 
 from .amp import apply_linear_op
+from .recipes import Recipe, register_recipe
+from .registry import register_linear_op
 from .tseng import padded_length, random_hadamard
 
 __all__ = ["Int4Config", "int4_linear", "Int4LinearFunction", "int4_quantize", "hadamard_transform",
@@ -256,6 +258,7 @@ class Int4LinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+@register_linear_op("int4", Int4Config)
 def int4_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 config: Int4Config | None = None) -> torch.Tensor:
     """Linear layer trained as in Xi et al. 2023 (INT4 per-tensor). x (..., D), weight (C, D), bias (C,) or None ->
@@ -267,3 +270,6 @@ def int4_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if not isinstance(config, Int4Config):
         raise TypeError(f"config must be an Int4Config; got {type(config).__name__}")
     return apply_linear_op(Int4LinearFunction, "int4_linear", x, weight, bias, config)
+
+
+register_recipe(Recipe("int4", op=Int4Config()))

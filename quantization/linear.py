@@ -9,9 +9,7 @@ from .amp import autocast_operands
 from .freeze import FreezeState
 from .ops import MXTensor, dequantize, draw_seed, quantize_2d, quantize_both_layouts_2d, requantize_2d
 from .recipes import BACKWARD_ROLES, ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
-from .int4 import int4_linear
-from .tseng import tseng_linear
-from .wang import wang_linear
+from .registry import linear_op
 
 QEMA_WARMUP_UPDATES = 10
 
@@ -113,7 +111,8 @@ class MXLinearFunction(torch.autograd.Function):
 
 
 class QLinear(nn.Linear):
-    """nn.Linear whose forward and backward GEMM operands go through the recipe's six MX quantizers.
+    """nn.Linear whose forward and backward GEMM operands go through the recipe's six MX quantizers, or that runs the
+    registered Linear op whose config the recipe holds instead (``recipe.op``: quantization.registry).
 
     State dicts stay compatible with nn.Linear (plus ``weight_ema``/``ema_updates`` buffers for Q-EMA recipes and the
     ``freeze_state.*`` buffers for Freeze recipes). Under autocast the operands are cast to the autocast dtype first,
@@ -188,12 +187,8 @@ class QLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.recipe.quantizes_anything:
             return F.linear(x, self.weight, self.bias)
-        if self.recipe.tseng is not None:
-            return tseng_linear(x, self.weight, self.bias, self.recipe.tseng)
-        if self.recipe.wang is not None:
-            return wang_linear(x, self.weight, self.bias, self.recipe.wang)
-        if self.recipe.int4 is not None:
-            return int4_linear(x, self.weight, self.bias, self.recipe.int4)
+        if self.recipe.op is not None:  # another paper's op replaces the six quantizers (quantization.registry)
+            return linear_op(self.recipe.op).fn(x, self.weight, self.bias, self.recipe.op)
         x, weight, bias = autocast_operands(x, self.weight, self.bias)
         ema = self.weight_ema if self.qema_active() else None
         with torch.autocast(x.device.type, enabled=False):

@@ -15,10 +15,11 @@ in-memory snapshot and sets the periods p = k2 * floor(R_w / k1) + 1, capped at 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,10 +27,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim.adamw import adamw as _torch_adamw
 
+from .hooks import MethodHook, Stateful, TrainingContext
 from .linear import QLinear
 from .oscillation import OSCILLATING_RATIO, OscillationRatio
 from .ops import triton_interpreted
-from .recipes import QRampingConfig
+from .recipes import QRampingConfig, Recipe
 
 PERIOD_DTYPE = torch.int32
 BACKENDS = ("auto", "torch", "triton")
@@ -250,12 +252,6 @@ def update_periods_from_ratio(ratio: torch.Tensor, k1: float, k2: int, max_perio
     return (k2 * torch.floor(ratio / k1) + 1).clamp(max=max_period).to(PERIOD_DTYPE)
 
 
-class Stateful(Protocol):
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state_dict: dict) -> object: ...
-
-
 class _Snapshot:
     """Copies (in memory, on the objects' own devices) of state dicts and of every random generator's state."""
 
@@ -350,3 +346,31 @@ class QRampingCalibrator:
 
     def _observe(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         return [m.weight for m in self.layers], [m.quantized_weight(self.amp_dtype) for m in self.layers]
+
+
+class QRampingHook(MethodHook):
+    """Q-Ramping in a training loop (quantization.hooks): steps with QRampingAdamW and calibrates when due."""
+
+    name = "Q-Ramping"
+    optimizer = QRampingAdamW
+
+    def __init__(self, config: QRampingConfig) -> None:
+        self.config = config
+        self.calibration_steps = config.calib_steps
+        self.calibrator: QRampingCalibrator | None = None
+
+    def attach(self, context: TrainingContext) -> None:
+        config = dataclasses.replace(self.config, calib_steps=self.calibration_steps)
+        self.calibrator = QRampingCalibrator(context.model, context.optimizer, context.steps_per_epoch, config,
+                                             amp_dtype=context.amp_dtype)
+
+    def calibration_due(self, step: int) -> bool:
+        return self.calibrator.due(step)
+
+    def calibrate(self, train_step: Callable[[int], object], restore: Sequence[Stateful] = ()) -> dict:
+        return self.calibrator.calibrate(train_step, restore=restore)
+
+
+def qramping_hook(recipe: Recipe) -> QRampingHook | None:
+    """The hook of this method for ``recipe``, None if the recipe does not use it."""
+    return QRampingHook(recipe.qramping) if recipe.qramping is not None else None

@@ -7,18 +7,18 @@ A quantizer set to None passes its tensor through unchanged.
 
 Besides the quantizers, a recipe names the training-side parts of a method: the Q-EMA decay (used when q2 rounds with
 "ema"), Q-Ramping (``qramping``) and the two baselines of Nagel et al. 2022 (``dampen``, ``freeze``). They are data
-here; quantization.ema, .ramping, .dampen and .freeze act on them.
+here; quantization.ema, .ramping, .dampen and .freeze act on them. Instead of the six quantizers a recipe may hold
+the config of a registered Linear op (``op``, quantization.registry: Tseng et al., Wang et al., INT4), written in
+YAML and ``to_dict`` under the op's name (``tseng: {...}``); this module imports none of them.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .formats import check_rounding, check_scale_rule, get_format
-from .int4 import Int4Config
-from .tseng import TsengConfig
-from .wang import WangConfig
+from .registry import linear_op, linear_ops, reserve_names
 
 ROLES = ("q1", "q2", "q3", "q4", "q5", "q6")
 ROLE_LAYOUTS = {"q1": "1x32", "q2": "1x32", "q3": "1x32", "q4": "32x1", "q5": "32x1", "q6": "32x1"}
@@ -124,14 +124,12 @@ class FreezeConfig:
 
 # Fields of Recipe that hold a nested config, and its class (for from_dict).
 _NESTED = {"qramping": QRampingConfig, "dampen": DampenConfig, "freeze": FreezeConfig}
-# Other 4-bit training recipes (Tseng et al., Wang et al., Table 2's INT4; docs/methods.md#baselines) that replace
-# the six quantizers with an op of their own.
-SCHEMES = {"tseng": TsengConfig, "wang": WangConfig, "int4": Int4Config}
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """Per-quantizer settings of a quantized Linear; ``None`` switches a quantizer off."""
+class _RecipeFields:
+    """The fields of a Recipe (documented there), in a base class so that Recipe's own ``__init__`` can take an op's
+    config under the op's name before the generated one sets them."""
 
     name: str
     q1: QuantizerConfig | None = None
@@ -145,11 +143,46 @@ class Recipe:
     qramping: QRampingConfig | None = None
     dampen: DampenConfig | None = None
     freeze: FreezeConfig | None = None
-    tseng: TsengConfig | None = None  # Tseng et al.: BF16 forward, MXFP4 backward with random Hadamard transforms
-    wang: WangConfig | None = None  # Wang et al.: absmax E2M1 forward, DGE, outlier clamping
-    int4: Int4Config | None = None  # Xi et al. 2023: INT4 per-tensor, Hadamard quantizer + leverage score sampling
+    op: object | None = field(default=None, kw_only=True)  # a registered Linear op's config (quantization.registry)
 
-    def __post_init__(self) -> None:
+
+def _combination_error(recipe: str, op_name: str, others: list[str]) -> ValueError:
+    return ValueError(f"recipe {recipe!r}: {op_name} brings its own quantizers and combines with no other; also set: "
+                      f"{', '.join(others)}")
+
+
+def _op_keywords(recipe: str, kwargs: dict) -> dict:
+    """``kwargs`` with the op configs given under their op's name (``tseng=TsengConfig()``) moved to ``op``."""
+    ops = linear_ops()
+    named = {key: kwargs.pop(key) for key in ops if key in kwargs}
+    if not named:
+        return kwargs
+    for key, config in named.items():
+        if config is not None and type(config) is not ops[key].config_cls:
+            raise TypeError(f"recipe {recipe!r}: {key} must be a {ops[key].config_cls.__name__} or None, "
+                            f"got {config!r}")
+    configs = [config for config in (kwargs.get("op"), *named.values()) if config is not None]
+    if len(configs) > 1:
+        names = sorted((linear_op(config).name for config in configs), key=list(ops).index)
+        raise _combination_error(recipe, names[0], names[1:])
+    kwargs["op"] = configs[0] if configs else None
+    return kwargs
+
+
+class Recipe(_RecipeFields):
+    """Per-quantizer settings of a quantized Linear; ``None`` switches a quantizer off.
+
+    ``op`` holds the config of a registered Linear op (quantization.registry: Tseng et al., Wang et al., INT4) that
+    replaces the six quantizers and combines with no other setting. Under the op's name it is also an argument and
+    an attribute: ``Recipe("t", tseng=TsengConfig())``; ``recipe.tseng`` is the config, or None when the recipe holds
+    another op or none.
+    """
+
+    def __init__(self, name: str, *args, **kwargs) -> None:
+        super().__init__(name, *args, **_op_keywords(name, kwargs))
+        self._check()
+
+    def _check(self) -> None:
         for role in ROLES:
             config = getattr(self, role)
             if config is not None and not isinstance(config, QuantizerConfig):
@@ -165,15 +198,21 @@ class Recipe:
             if config is not None and self.q2 is None:
                 raise ValueError(f"recipe {self.name!r}: {key} acts on quantized weights, but the weight quantizer "
                                  f"q2 is off")
-        for key, cls in SCHEMES.items():
-            config = getattr(self, key)
-            if config is not None and not isinstance(config, cls):
-                raise TypeError(f"recipe {self.name!r}: {key} must be a {cls.__name__} or None, got {config!r}")
-        schemes = [key for key in SCHEMES if getattr(self, key) is not None]
-        others = [key for key in (*ROLES, *_NESTED) if getattr(self, key) is not None]
-        if schemes and (len(schemes) > 1 or others):
-            raise ValueError(f"recipe {self.name!r}: {schemes[0]} brings its own quantizers and combines with no "
-                             f"other; also set: {', '.join([*schemes[1:], *others])}")
+        if self.op is not None:
+            try:
+                op_name = linear_op(self.op).name
+            except TypeError as error:
+                raise TypeError(f"recipe {self.name!r}: op: {error}") from None
+            others = [key for key in (*ROLES, *_NESTED) if getattr(self, key) is not None]
+            if others:
+                raise _combination_error(self.name, op_name, others)
+
+    def __getattr__(self, name: str):
+        """A registered op's name reads this recipe's config of that op (None if it holds another or none)."""
+        op = linear_ops().get(name)
+        if op is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.op if type(self.op) is op.config_cls else None
 
     def quantizer(self, role: str) -> QuantizerConfig | None:
         if role not in ROLES:
@@ -187,14 +226,17 @@ class Recipe:
 
     @property
     def scheme(self) -> str | None:
-        """The other recipe ("tseng", "wang", "int4") whose Linear op replaces the six quantizers, if any."""
-        return next((key for key in SCHEMES if getattr(self, key) is not None), None)
+        """The name of the registered op ("tseng", "wang", "int4", ...) that replaces the six quantizers, if any."""
+        return None if self.op is None else linear_op(self.op).name
 
     @property
     def quantizes_anything(self) -> bool:
-        return self.scheme is not None or any(getattr(self, role) is not None for role in ROLES)
+        return self.op is not None or any(getattr(self, role) is not None for role in ROLES)
 
     def replace(self, **changes) -> "Recipe":
+        """A copy with ``changes``; giving the recipe's op under its name (``tseng=...``, None too) replaces it."""
+        if self.scheme in changes:
+            changes.setdefault("op", None)
         return dataclasses.replace(self, **changes)
 
     def only(self, *roles: str, name: str | None = None) -> "Recipe":
@@ -205,17 +247,25 @@ class Recipe:
         return self.replace(name=name or f"{self.name}_only_{'_'.join(roles)}", **changes)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain data that ``from_dict`` reads back: the fields but ``op``, then one key per registered op (in
+        registration order) holding this recipe's op config under its name and None under the others."""
+        data = dataclasses.asdict(self)
+        config = data.pop("op")
+        data.update({name: config if type(self.op) is op.config_cls else None for name, op in linear_ops().items()})
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
-        """Build a recipe from plain data (e.g. a YAML method file); unknown keys are rejected."""
-        valid = {f.name for f in dataclasses.fields(cls)}
+        """Build a recipe from plain data (e.g. a YAML method file; an op's config under the op's name); unknown
+        keys are rejected."""
+        ops = linear_ops()
+        valid = {f.name for f in dataclasses.fields(cls) if f.name != "op"} | set(ops)
         unknown = set(data) - valid
         if unknown:
             raise ValueError(f"unknown recipe keys {sorted(unknown)}; valid keys: {', '.join(sorted(valid))}")
         fields = dict(data)
-        nested = {**{role: QuantizerConfig for role in ROLES}, **_NESTED, **SCHEMES}
+        nested = {**{role: QuantizerConfig for role in ROLES}, **_NESTED,
+                  **{name: op.config_cls for name, op in ops.items()}}
         for key, config_cls in nested.items():
             config = fields.get(key)
             if isinstance(config, dict):
@@ -226,6 +276,10 @@ class Recipe:
                                      f"{', '.join(sorted(valid_keys))}")
                 fields[key] = config_cls(**config)
         return cls(**fields)
+
+
+# An op may not take the name of a field or attribute of Recipe: each recipe key means one thing.
+reserve_names({f.name for f in dataclasses.fields(Recipe)} | {n for n in dir(Recipe) if not n.startswith("_")})
 
 
 def _tetrajet(name: str = "tetrajet", fwd_fmt: str = "e2m1", bwd_fmt: str = "e2m1", scale_rule: str = "rceil",
@@ -267,13 +321,20 @@ def _build_registry() -> dict[str, Recipe]:
         tetrajet.replace(name="tetrajet_dampen", dampen=DampenConfig()),
         tetrajet.replace(name="tetrajet_freeze", freeze=FreezeConfig()),
     ]
-    # The other 4-bit training recipes (docs/methods.md#baselines).
-    recipes += [Recipe("tseng", tseng=TsengConfig()), Recipe("wang", wang=WangConfig()),
-                Recipe("int4", int4=Int4Config())]
     return {recipe.name: recipe for recipe in recipes}
 
 
+# The named recipes; those of other papers (tseng, wang, int4) are added by their own modules (register_recipe).
 RECIPES: dict[str, Recipe] = _build_registry()
+
+
+def register_recipe(recipe: Recipe) -> Recipe:
+    """Add ``recipe`` to RECIPES under its name (how a method module outside this file names its recipes); returns
+    it. ValueError if the name is taken."""
+    if recipe.name in RECIPES:
+        raise ValueError(f"recipe name {recipe.name!r} is already registered")
+    RECIPES[recipe.name] = recipe
+    return recipe
 
 
 def get_recipe(name: "str | Recipe") -> Recipe:

@@ -54,7 +54,9 @@ import torch.nn.functional as F
 from .amp import apply_linear_op
 from .formats import get_format
 from .ops import draw_seed
+from .recipes import Recipe, register_recipe
 from .reference import _blocked, _unblocked, magnitude_limit, pow2, round_scaled, shared_exponent, uniform_from_index
+from .registry import register_linear_op
 
 __all__ = ["TsengConfig", "tseng_linear", "TsengLinearFunction", "hadamard_matrix", "random_hadamard",
            "random_signs", "prescaled_quantize", "padded_length"]
@@ -204,6 +206,7 @@ class TsengLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+@register_linear_op("tseng", TsengConfig)
 def tseng_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                  config: TsengConfig | None = None) -> torch.Tensor:
     """Linear layer with the Tseng et al. MXFP4 backward. x (..., D), weight (C, D), bias (C,) or None -> (..., C).
@@ -214,3 +217,6 @@ def tseng_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     if not isinstance(config, TsengConfig):
         raise TypeError(f"config must be a TsengConfig; got {type(config).__name__}")
     return apply_linear_op(TsengLinearFunction, "tseng_linear", x, weight, bias, config)
+
+
+register_recipe(Recipe("tseng", op=TsengConfig()))

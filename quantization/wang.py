@@ -52,6 +52,8 @@ import torch.nn.functional as F
 
 from .amp import apply_linear_op
 from .formats import ElementFormat, get_format
+from .recipes import Recipe, register_recipe
+from .registry import register_linear_op
 
 @dataclass(frozen=True)
 class WangConfig:
@@ -242,6 +244,7 @@ class WangLinearFunction(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
+@register_linear_op("wang", WangConfig)
 def wang_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                 config: WangConfig | None = None) -> torch.Tensor:
     """Wang et al. FP4 linear: x (..., D), weight (C, D), bias (C,) or None -> (..., C). Under autocast the operands
@@ -249,3 +252,6 @@ def wang_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     if config is None:
         config = WangConfig()
     return apply_linear_op(WangLinearFunction, "wang_linear", x, weight, bias, config)
+
+
+register_recipe(Recipe("wang", op=WangConfig()))

@@ -2,13 +2,15 @@
 
 For each model and method: a timm model with its block Linears quantized (models.build_model), fp32 master
 weights, a seeded synthetic batch (randn images, 1000 random labels), and a training step = zero_grad, forward under
-bf16 autocast, cross-entropy, backward, optimizer step (fused AdamW over timm's weight-decay groups; QRampingAdamW
-with realistic update periods on every block Linear weight for tetrajet_qramping; Q-EMA attached and its rounding
-active from the start for tetrajet_qema). Step time: median over ``--steps`` steps after ``--warmup``, each step
-bracketed by CUDA events (so a host-bound step counts the GPU's idle time); peak memory over the timed steps.
-Q-Ramping also times one calibration (QRampingCalibrator, ``--calib-steps`` steps) and amortizes it over an epoch of
-``--steps-per-epoch`` steps. Then the quantizer kernels' bandwidth (scripts/bench_quant.py) and, with ``--profile``,
-where a tetrajet step's GPU time goes and whether the step is host- or GPU-bound.
+bf16 autocast, cross-entropy (+ the method's extra loss terms), backward, optimizer step (fused AdamW over timm's
+weight-decay groups, or the method's own AdamW: QRampingAdamW for tetrajet_qramping), with the method's hooks
+attached (quantization.method_hooks: Q-EMA's update for tetrajet_qema) and its state as in most of training
+(steady_state: Q-EMA rounding on from the start, realistic Q-Ramping update periods on every block Linear weight).
+Step time: median over ``--steps`` steps after ``--warmup``, each step bracketed by CUDA events (so a host-bound step
+counts the GPU's idle time); peak memory over the timed steps. A method that calibrates (Q-Ramping) also times one
+calibration of ``--calib-steps`` steps and amortizes it over an epoch of ``--steps-per-epoch`` steps. Then the
+quantizer kernels' bandwidth (scripts/bench_quant.py) and, with ``--profile``, where a tetrajet step's GPU time goes
+and whether the step is host- or GPU-bound.
 
 Usage: python scripts/bench.py [--models deit_tiny,deit_small,deit_base] [--methods bf16,tetrajet,...]
        [--batch 256] [--steps 30] [--warmup 10] [--no-kernels] [--profile] [--json bench.json] [--commit SHA]
@@ -25,7 +27,6 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from dataclasses import replace
 from typing import Callable, Sequence
 
 import torch
@@ -36,7 +37,7 @@ from torch import nn
 from bench_qramping import HYPER, block_weights, realistic_periods
 from bench_quant import TOKENS, dequant_rows, fused_rows, kernel_rows
 from models import PAPER_MODELS, build_model
-from quantization import QRampingAdamW, QRampingCalibrator, attach_qema, get_recipe
+from quantization import MethodHook, QRampingAdamW, TrainingContext, get_recipe, hooks_optimizer, method_hooks
 from quantization.ema import qema_layers
 from quantization.linear import QEMA_WARMUP_UPDATES
 from training import source_commit
@@ -124,34 +125,50 @@ def bound_by(busy_ms: float, wall_ms: float) -> str:
     return "GPU-bound" if busy_ms >= GPU_BOUND_BUSY * wall_ms else "host-bound"
 
 
-def build(model_name: str, method: str, img_size: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-    """Seeded model on the GPU and its optimizer, set up for ``method`` as described in the module docstring."""
-    torch.manual_seed(0)
-    model = build_model(MODELS[model_name], get_recipe(method), img_size=img_size).cuda()
-    groups = param_groups_weight_decay(model, WEIGHT_DECAY)
-    if method == "tetrajet_qramping":
-        optimizer = QRampingAdamW(groups, **HYPER, fused=True)
+def steady_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """The state most of a training run is in, so that the timed steps measure it: every Q-EMA layer past its
+    warm-up (Q-EMA rounding on) and, for QRampingAdamW, update periods as calibrations assign them
+    (bench_qramping.realistic_periods)."""
+    for layer in qema_layers(model):
+        layer.ema_updates.fill_(QEMA_WARMUP_UPDATES)
+    if isinstance(optimizer, QRampingAdamW):
         optimizer.set_update_periods(realistic_periods(block_weights(model)))
-        return model, optimizer
-    optimizer = torch.optim.AdamW(groups, **HYPER, fused=True)
-    if method == "tetrajet_qema":
-        attach_qema(model, optimizer)
-        for layer in qema_layers(model):
-            layer.ema_updates.fill_(QEMA_WARMUP_UPDATES)  # Q-EMA rounding on from the first step
-    return model, optimizer
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: int,
+def build(model_name: str, method: str,
+          args: argparse.Namespace) -> tuple[nn.Module, torch.optim.Optimizer, list[MethodHook]]:
+    """Seeded model on the GPU, its optimizer and the method's attached hooks, as the module docstring says."""
+    torch.manual_seed(0)
+    recipe = get_recipe(method)
+    model = build_model(MODELS[model_name], recipe, img_size=args.img_size).cuda()
+    hooks = method_hooks(recipe)
+    adamw = hooks_optimizer(hooks) or torch.optim.AdamW
+    optimizer = adamw(param_groups_weight_decay(model, WEIGHT_DECAY), **HYPER, fused=True)
+    context = TrainingContext(model, optimizer, args.steps_per_epoch, EPOCHS * args.steps_per_epoch, torch.bfloat16)
+    for hook in hooks:
+        if hook.calibration_steps:
+            hook.calibration_steps = args.calib_steps
+        hook.attach(context)
+    steady_state(model, optimizer)
+    return model, optimizer, hooks
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: Sequence[MethodHook], batch: int,
                img_size: int) -> Callable[[int], None]:
-    """A training step on a fixed synthetic batch; takes (and ignores) the step index, as the calibrator passes it."""
+    """A training step on a fixed synthetic batch; takes the step index (the calibrator passes it; 0 otherwise),
+    which the hooks' extra loss terms see."""
     g = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(batch, 3, img_size, img_size, generator=g, device="cuda")
     y = torch.randint(0, 1000, (batch,), generator=g, device="cuda")
 
-    def step(_: int = 0) -> None:
+    def step(index: int = 0) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             loss = nn.functional.cross_entropy(model(x), y)
+        for hook in hooks:
+            extra = hook.extra_loss(index)
+            if extra is not None:
+                loss = loss + extra
         loss.backward()
         optimizer.step()
 
@@ -174,22 +191,20 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int) -> tuple[float
 
 
 def measure(model_name: str, method: str, args: argparse.Namespace) -> dict:
-    """One run: step time and peak memory, plus the calibration's seconds for tetrajet_qramping (else None)."""
-    model, optimizer = build(model_name, method, args.img_size)
-    step = train_step(model, optimizer, args.batch, args.img_size)
+    """One run: step time and peak memory, plus the seconds of one calibration for a method that calibrates (else
+    None)."""
+    model, optimizer, hooks = build(model_name, method, args)
+    step = train_step(model, optimizer, hooks, args.batch, args.img_size)
     step_ms, peak_mib = time_steps(step, args.warmup, args.steps)
-    calibration_s = None
-    if method == "tetrajet_qramping":
-        config = replace(get_recipe(method).qramping, calib_steps=args.calib_steps)
-        calibrator = QRampingCalibrator(model, optimizer, args.steps_per_epoch, config, amp_dtype=torch.bfloat16)
-        calibration_s = calibrator.calibrate(step)["seconds"]
+    calibrating = [hook for hook in hooks if hook.calibration_steps]
+    calibration_s = sum(hook.calibrate(step)["seconds"] for hook in calibrating) if calibrating else None
     return dict(model=model_name, method=method, step_ms=step_ms, peak_mib=peak_mib, calibration_s=calibration_s)
 
 
 def profile(model_name: str, args: argparse.Namespace, steps: int = 5) -> dict:
     """Wall time of a tetrajet step (no profiler), its GPU busy time and its CUDA kernels by time (torch.profiler)."""
-    model, optimizer = build(model_name, "tetrajet", args.img_size)
-    step = train_step(model, optimizer, args.batch, args.img_size)
+    model, optimizer, hooks = build(model_name, "tetrajet", args)
+    step = train_step(model, optimizer, hooks, args.batch, args.img_size)
     for _ in range(3):
         step()
     torch.cuda.synchronize()
@@ -223,7 +238,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps before them")
     parser.add_argument("--steps-per-epoch", type=positive_int, default=1251,
                         help="steps that one Q-Ramping calibration is amortized over (ImageNet, 4 GPUs x 256)")
-    parser.add_argument("--calib-steps", type=positive_int, default=30, help="Q-Ramping calibration steps T0")
+    parser.add_argument("--calib-steps", type=positive_int, default=30,
+                        help="steps of a method's calibration (Q-Ramping's T0)")
     parser.add_argument("--no-kernels", action="store_true", help="skip the quantizer kernel table")
     parser.add_argument("--profile", action="store_true", help="profile a tetrajet step of the first model")
     parser.add_argument("--json", help="also write everything to this file")

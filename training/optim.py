@@ -1,7 +1,7 @@
 """Optimizer, the linear learning-rate scaling rule and the training criterion."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -9,7 +9,6 @@ from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from torch import nn
 
 from configs import AugConfig, ConfigError, OptimConfig, choices_error
-from quantization import QRampingAdamW
 
 REFERENCE_BATCH = 512  # optim.lr is the learning rate for this global batch (DeiT's linear scaling rule)
 
@@ -28,23 +27,25 @@ def _adamw(model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimiz
 OPTIMIZERS: dict[str, Callable[[nn.Module, OptimConfig, float], torch.optim.Optimizer]] = {"adamw": _adamw}
 
 
-def _qramping_adamw(model: nn.Module, cfg: OptimConfig, lr: float) -> QRampingAdamW:
-    """AdamW with Q-Ramping's per-element update periods, over the same parameter groups as ``_adamw``."""
+def _adamw_of(cls: type, model: nn.Module, cfg: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """An AdamW of class ``cls`` (a method's own, e.g. QRampingAdamW) over the same parameter groups as ``_adamw``."""
     no_decay = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
     groups = param_groups_weight_decay(model, cfg.weight_decay, no_decay)
-    return QRampingAdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return cls(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float, ramping: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr: float,
+                    adamw: Optional[type] = None) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` (see OPTIMIZERS) over ``model``'s parameters at learning rate ``lr``;
-    with ``ramping`` (a Q-Ramping recipe) AdamW becomes QRampingAdamW, which behaves as AdamW until periods are set."""
+    ``adamw``: the AdamW class the method steps with (quantization.hooks_optimizer, e.g. QRampingAdamW, which
+    behaves as AdamW until periods are set), which then replaces AdamW."""
     if cfg.name not in OPTIMIZERS:
         raise choices_error("optim.name", cfg.name, tuple(OPTIMIZERS))
-    if ramping:
+    if adamw is not None:
         if cfg.name != "adamw":
-            raise ConfigError(f"optim.name {cfg.name!r} cannot be used with a Q-Ramping recipe: Q-Ramping wraps AdamW "
-                              f"(set optim.name=adamw)")
-        return _qramping_adamw(model, cfg, lr)
+            raise ConfigError(f"optim.name {cfg.name!r} cannot be used with this method: it steps with "
+                              f"{adamw.__name__}, an AdamW (set optim.name=adamw)")
+        return _adamw_of(adamw, model, cfg, lr)
     return OPTIMIZERS[cfg.name](model, cfg, lr)
 
 

@@ -1,0 +1,105 @@
+"""What a method does inside a training loop, behind one interface, so that the loop itself names no method.
+
+``method_hooks(recipe)`` returns a MethodHook for each training-side part of the recipe (Q-EMA's update, Freeze,
+Dampen's loss term, Q-Ramping's calibrations), made by the factories registered with ``register_method_hook``
+(quantization/__init__.py registers those of the package's methods); this module imports none of them. A training
+loop::
+
+    hooks = method_hooks(recipe)
+    optimizer = (hooks_optimizer(hooks) or torch.optim.AdamW)(params, lr=...)
+    for hook in hooks:
+        hook.attach(TrainingContext(model, optimizer, steps_per_epoch, total_steps, amp_dtype))
+    for step, (x, y) in enumerate(loader):
+        for hook in (h for h in hooks if h.calibration_due(step)):
+            log(hook.calibrate(lambda i: train_step(*next(calibration_batches)), restore=[scaler]))
+        loss = criterion(model(x), y)
+        for extra in (h.extra_loss(step) for h in hooks):
+            loss = loss if extra is None else loss + extra
+        ...
+
+Hooks hold no state that a checkpoint needs: what they change lives in the model's buffers and the optimizer's
+state, so saving and loading those resumes a method exactly. Random-generator snapshots and the distributed set-up
+stay with the training code and the calibrator.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .recipes import Recipe
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state_dict: dict) -> object: ...
+
+
+@dataclass(frozen=True)
+class TrainingContext:
+    """The run a hook attaches to: the model (not wrapped in DDP), its optimizer, the schedule's length and the
+    autocast dtype of the forward (None: none)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    steps_per_epoch: int
+    total_steps: int
+    amp_dtype: Optional[torch.dtype] = None
+
+
+class MethodHook:
+    """One training-side part of a method; every hook point defaults to doing nothing.
+
+    ``optimizer``: an AdamW variant the method must step with (None: any optimizer). ``calibration_steps``: the
+    training steps one calibration takes (0: the method does not calibrate); a benchmark may change it before
+    ``attach``.
+    """
+
+    name: str = "method"
+    optimizer: Optional[type] = None
+    calibration_steps: int = 0
+
+    def attach(self, context: TrainingContext) -> None:
+        """Once, after the optimizer is built: register optimizer-step hooks, keep what the later calls need."""
+
+    def extra_loss(self, step: int) -> Optional[torch.Tensor]:
+        """A term to add to the training loss at global ``step`` (0-based), or None."""
+        return None
+
+    def calibration_due(self, step: int) -> bool:
+        """Whether a calibration runs before global ``step``."""
+        return False
+
+    def calibrate(self, train_step: Callable[[int], object], restore: Sequence[Stateful] = ()) -> dict:
+        """Call ``train_step(i)`` for i < ``calibration_steps``, leave model, optimizer and ``restore`` as they were
+        but for what the calibration sets; returns a record for the run log (its ``type`` names the method)."""
+        raise NotImplementedError(f"{self.name} does not calibrate")
+
+
+HookFactory = Callable[["Recipe"], Optional[MethodHook]]
+_FACTORIES: list[HookFactory] = []
+
+
+def register_method_hook(factory: HookFactory) -> HookFactory:
+    """Register ``factory(recipe)``, which returns its method's hook for a recipe that uses the method, else None.
+    Hooks come back, and so attach, in registration order (optimizer-step hooks then run in that order)."""
+    _FACTORIES.append(factory)
+    return factory
+
+
+def method_hooks(recipe: "Recipe") -> list[MethodHook]:
+    """The hooks of the methods ``recipe`` uses, not yet attached."""
+    return [hook for hook in (factory(recipe) for factory in _FACTORIES) if hook is not None]
+
+
+def hooks_optimizer(hooks: Sequence[MethodHook]) -> Optional[type]:
+    """The optimizer class that ``hooks`` need (None: any); ValueError if two of them need different ones."""
+    needed = {hook.optimizer: hook.name for hook in hooks if hook.optimizer is not None}
+    if len(needed) > 1:
+        raise ValueError(f"{' and '.join(needed.values())} need different optimizers "
+                         f"({', '.join(cls.__name__ for cls in needed)}) and cannot be combined")
+    return next(iter(needed), None)

@@ -1,0 +1,143 @@
+"""The Linear-op registry: QLinear and Recipe dispatch on the op config's type, the core imports no baseline, and a
+new op is a config class plus a registered function."""
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quantization
+from configs import load_config
+from quantization import (QLinear, QuantizerConfig, Recipe, TsengConfig, get_recipe, linear_op, linear_ops,
+                          register_linear_op, register_recipe, tseng_linear)
+from quantization import recipes, registry
+from quantization.testing import assert_bitwise_equal
+
+PACKAGE = Path(quantization.__file__).parent
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """A made-up method: the forward GEMM uses ``scale`` x W."""
+
+    scale: float = 2.0
+
+
+def toy_linear(x, weight, bias, config):
+    return F.linear(x, weight * config.scale, bias)
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    """The toy op and a ``toy`` recipe registered for one test (the registries are restored afterwards)."""
+    monkeypatch.setattr(registry, "_OPS", dict(registry._OPS))
+    monkeypatch.setattr(recipes, "RECIPES", dict(recipes.RECIPES))
+    register_linear_op("toy", ToyConfig)(toy_linear)
+    return register_recipe(Recipe("toy", op=ToyConfig(3.0)))
+
+
+def test_a_registered_op_runs_in_qlinear_without_touching_the_core(toy):
+    layer = QLinear(64, 48, recipe="toy")
+    x = torch.randn(5, 64, requires_grad=True)
+    y = layer(x)
+    reference = F.linear(x, 3.0 * layer.weight, layer.bias)
+    assert_bitwise_equal(y, reference)
+    y.sum().backward()
+    assert torch.allclose(layer.weight.grad, 3.0 * x.sum(0).expand(48, 64).detach())
+    assert toy.scheme == "toy" and toy.toy == ToyConfig(3.0) and toy.tseng is None and toy.quantizes_anything
+    assert get_recipe("tseng").toy is None
+
+
+def test_a_registered_op_reads_and_writes_under_its_name(toy):
+    data = toy.to_dict()
+    assert list(data)[-4:] == ["tseng", "wang", "int4", "toy"] and data["toy"] == {"scale": 3.0}
+    assert Recipe.from_dict(data) == toy
+    assert Recipe("t", toy=ToyConfig()) == Recipe("t", op=ToyConfig())
+    with pytest.raises(ValueError, match=r"unknown keys \['size'\] in toy; valid keys: scale"):
+        Recipe.from_dict({"name": "t", "toy": {"size": 1}})
+    method = load_config([], ["method.recipe={toy: {scale: 0.5}}"]).method
+    assert method.resolved.op == ToyConfig(0.5)
+    with pytest.raises(ValueError, match="toy brings its own quantizers and combines with no other; also set: q2"):
+        Recipe("t", toy=ToyConfig(), q2=QuantizerConfig())
+
+
+def test_every_baseline_is_registered_on_import_in_the_order_of_its_recipe_keys():
+    assert [(name, op.config_cls.__name__) for name, op in linear_ops().items()] == [
+        ("tseng", "TsengConfig"), ("wang", "WangConfig"), ("int4", "Int4Config")]
+    for name, op in linear_ops().items():
+        recipe = get_recipe(name)
+        assert type(recipe.op) is op.config_cls and linear_op(recipe.op) is op
+    # config.yaml files of earlier runs (results/) spell every recipe this way; resuming compares them key by key
+    assert list(get_recipe("tetrajet").to_dict()) == [
+        "name", "q1", "q2", "q3", "q4", "q5", "q6", "double_quant", "qema_beta", "qramping", "dampen", "freeze",
+        "tseng", "wang", "int4"]
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """The quantization submodules that ``path`` imports (``from .x import``, ``from quantization.x import``)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1 or module.startswith("quantization"):
+                names.add(module.removeprefix("quantization").lstrip(".").split(".")[0])
+        elif isinstance(node, ast.Import):
+            names.update(a.name.split(".")[1] for a in node.names if a.name.startswith("quantization."))
+    return names
+
+
+def _registering_modules() -> set[str]:
+    """The modules of the package that register a Linear op (they call or decorate with register_linear_op)."""
+    found = set()
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_linear_op":
+                found.add(path.stem)
+    return found
+
+
+@pytest.mark.parametrize("core", ["linear", "recipes"])
+def test_the_core_imports_no_baseline(core):
+    baselines = _registering_modules()
+    assert {"tseng", "wang", "int4"} <= baselines
+    assert not _imported_modules(PACKAGE / f"{core}.py") & baselines
+
+
+def test_registry_errors_name_the_bad_value_and_the_choices(monkeypatch):
+    monkeypatch.setattr(registry, "_OPS", dict(registry._OPS))
+    with pytest.raises(TypeError, match=r"recipe 'x': op: ToyConfig is not the config of a registered linear op "
+                                        r"\(tseng: TsengConfig, wang: WangConfig, int4: Int4Config\)"):
+        Recipe("x", op=ToyConfig())
+    with pytest.raises(ValueError, match="'tseng' is already registered"):
+        register_linear_op("tseng", ToyConfig)
+    with pytest.raises(ValueError, match="'dampen' must be an identifier and not a recipe field"):
+        register_linear_op("dampen", ToyConfig)
+    with pytest.raises(TypeError, match="must be a dataclass"):
+        register_linear_op("plain", dict)
+    with pytest.raises(TypeError, match="TsengConfig is already the config of linear op 'tseng'"):
+        register_linear_op("tseng2", TsengConfig)
+    with pytest.raises(ValueError, match="recipe name 'tseng' is already registered"):
+        register_recipe(Recipe("tseng"))
+
+
+def test_replace_under_the_op_name_replaces_the_op():
+    tseng = get_recipe("tseng")
+    assert tseng.replace(name="t", tseng=None).op is None
+    assert tseng.replace(tseng=TsengConfig(hadamard_block=32)).op == TsengConfig(hadamard_block=32)
+    with pytest.raises(ValueError, match="tseng brings its own quantizers and combines with no other; also set: wang"):
+        tseng.replace(wang=quantization.WangConfig())
+
+
+def test_qlinear_calls_the_function_registered_for_the_config_type(monkeypatch):
+    calls = []
+
+    def recording(*args):
+        calls.append(args)
+        return tseng_linear(*args)
+
+    monkeypatch.setitem(registry._OPS, "tseng", registry.LinearOp("tseng", TsengConfig, recording))
+    layer = QLinear(32, 16, recipe="tseng")
+    layer(torch.randn(4, 32))
+    assert len(calls) == 1 and calls[0][1] is layer.weight and calls[0][3] is layer.recipe.op
