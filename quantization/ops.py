@@ -89,9 +89,10 @@ def quantize_2d(x2d: torch.Tensor, layout: str, fmt: str, scale_rule: str, round
 
         return kernels.quantize_2d(x2d, element, layout, scale_rule, rounding, ema2d=ema2d, seed=seed,
                                    want_values=want_values, want_packed=want_packed)
-    deq, grid, scales = reference.quantize_2d(x2d, element, layout, scale_rule, rounding, ema2d=ema2d, seed=seed)
+    deq, codes, scales = reference.quantize_2d(x2d, element, layout, scale_rule, rounding, ema2d=ema2d, seed=seed,
+                                               want_codes=want_packed)
     values = deq.to(x2d.dtype) if want_values else None
-    packed = reference.pack_nibbles(reference.encode(grid, element)) if want_packed else None
+    packed = reference.pack_nibbles(codes) if want_packed else None
     return values, packed, (scales if want_packed else None)
 
 

@@ -1,20 +1,38 @@
 """Pure-PyTorch MX block quantizers: the readable specification and the test oracle for the Triton kernels.
 
-Every step is exact in fp32 (power-of-two scaling, floor, comparisons), so any implementation that follows the same
-steps agrees bit for bit. Shapes: ``x2d`` is the 2-D view (rows, cols) of the input; ``1x32`` blocks run along a row,
-``32x1`` blocks down a column. Tails shorter than 32 are blocks of their own.
+Every step is exact in fp32 (power-of-two scaling, floor, exact differences, comparisons), so any implementation
+that follows the same steps agrees bit for bit. Shapes: ``x2d`` is the 2-D view (rows, cols) of the input; ``1x32``
+blocks run along a row, ``32x1`` blocks down a column. Tails shorter than 32 are blocks of their own.
+
+This is also the CPU implementation, so it is written for CPU speed: branch-free arithmetic on values and fp32 bits
+(boolean masks and ``torch.where`` over every element run as scalar loops with data-dependent branches, many times
+slower than vectorized arithmetic), per-block factors and limits instead of per-element selections, intermediate
+results overwritten in place (fewer fresh large tensors, which cost page faults), and constant operands held as
+0-dim tensors of the operand's dtype (a Python number operand is converted to a tensor on every call).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 from .formats import BLOCK_SIZE, SCALE_BIAS, SCALE_EXP_MAX, SCALE_EXP_MIN, SCALE_NAN, ElementFormat
 
-_MASK32 = 0xFFFFFFFF
-_MIX1 = 0x85EBCA6B
-_MIX2 = 0xC2B2AE35
+
+def _int32(value: int) -> torch.Tensor:
+    """The 32-bit word ``value`` as a 0-dim int32 tensor (the int32 with the same bits)."""
+    value &= 0xFFFFFFFF
+    return torch.tensor(value - (1 << 32) if value >= 1 << 31 else value, dtype=torch.int32)
+
+
+_SIGN = _int32(0x80000000)  # fp32 sign bit
+_EXPONENT = _int32(0x7F800000)  # fp32 exponent field
+_MIX1 = _int32(0x85EBCA6B)
+_MIX2 = _int32(0xC2B2AE35)
+_SHIFTS = {k: (_int32(k), _int32((1 << (32 - k)) - 1)) for k in (8, 13, 16)}  # k, mask of a logical shift by k
+_BELOW_HALF = torch.tensor(0.5 - 2.0**-25)  # the fp32 just below 1/2
+_INV_2_24 = torch.tensor(2.0**-24)
 
 
 def pow2(k: torch.Tensor) -> torch.Tensor:
@@ -61,19 +79,43 @@ def magnitude_limit(s: torch.Tensor, fmt: ElementFormat, dtype: torch.dtype) -> 
     return torch.where(s == overflow_exponent(fmt, dtype), fmt.saturation_value, fmt.max_value)
 
 
-def _mul32(h: torch.Tensor, c: int) -> torch.Tensor:
-    """(h * c) mod 2^32 for h in [0, 2^32) held in int64, without int64 overflow."""
-    lo = h * (c & 0xFFFF)
-    hi = ((h * (c >> 16)) & 0xFFFF) << 16
-    return (lo + hi) & _MASK32
+def _code_limit(s: torch.Tensor, fmt: ElementFormat, dtype: torch.dtype) -> torch.Tensor:
+    """Largest magnitude code (int32) of blocks with scale exponent s: the code of ``magnitude_limit``."""
+    return torch.where(s == overflow_exponent(fmt, dtype), fmt.saturation_code, fmt.max_code).to(torch.int32)
 
 
-def _fmix32(h: torch.Tensor) -> torch.Tensor:
-    h = h ^ (h >> 16)
-    h = _mul32(h, _MIX1)
-    h = h ^ (h >> 13)
-    h = _mul32(h, _MIX2)
-    return h ^ (h >> 16)
+def _xorshift_(h: torch.Tensor, k: int, scratch: torch.Tensor) -> torch.Tensor:
+    """h ^= h >>> k in place (a logical shift of the 32-bit word: torch's >> on int32 is arithmetic)."""
+    shift, mask = _SHIFTS[k]
+    return h.bitwise_xor_(torch.bitwise_right_shift(h, shift, out=scratch).bitwise_and_(mask))
+
+
+def _fmix32_middle_(h: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finalizer without its first and last h ^= h >>> 16, in place on int32 words:
+    h *= 0x85EBCA6B; h ^= h >>> 13; h *= 0xC2B2AE35 (torch's int32 multiply wraps mod 2^32)."""
+    return _xorshift_(h.mul_(_MIX1), 13, scratch).mul_(_MIX2)
+
+
+def _xorshift16(word: int) -> int:
+    """word ^ (word >>> 16) of a 32-bit word, for the seed words."""
+    word &= 0xFFFFFFFF
+    return word ^ (word >> 16)
+
+
+def _uniform_(h: torch.Tensor, seed: tuple[int, int]) -> torch.Tensor:
+    """``uniform_from_index`` of the int32 indices h, computed in h's storage (returned as an fp32 view of it).
+
+    With x16(h) = h ^ (h >>> 16), which is linear over GF(2) and its own inverse: x16(index ^ k0) = x16(index) ^
+    x16(k0), and the last x16 of the first fmix32, the xor with k1 and the first x16 of the second fmix32 together
+    are one xor with x16(k1).
+    """
+    scratch = torch.empty_like(h)
+    _xorshift_(h, 16, scratch).bitwise_xor_(_int32(_xorshift16(seed[0])))
+    _fmix32_middle_(h, scratch).bitwise_xor_(_int32(_xorshift16(seed[1])))
+    _xorshift_(_fmix32_middle_(h, scratch), 16, scratch)
+    shift, mask = _SHIFTS[8]
+    draws = torch.bitwise_right_shift(h, shift, out=scratch).bitwise_and_(mask)
+    return h.view(torch.float32).copy_(draws).mul_(_INV_2_24)
 
 
 def uniform_from_index(index: torch.Tensor, seed: tuple[int, int]) -> torch.Tensor:
@@ -82,9 +124,65 @@ def uniform_from_index(index: torch.Tensor, seed: tuple[int, int]) -> torch.Tens
     u = (fmix32(fmix32(index ^ k0) ^ k1) >> 8) * 2^-24, using 32-bit wrap-around arithmetic; the Triton kernels
     compute the same hash, so stochastic rounding is reproducible and identical on both backends.
     """
-    h = (index.to(torch.int64) & _MASK32) ^ (seed[0] & _MASK32)
-    h = _fmix32(_fmix32(h) ^ (seed[1] & _MASK32))
-    return (h >> 8).to(torch.float32) * 2.0**-24
+    return _uniform_(index.to(torch.int32, copy=True), seed)  # int64 indices wrap mod 2^32
+
+
+def _flat_index(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    """Row-major element index of a (rows, cols) tensor as int32 words (the index mod 2^32, as the hash takes it)."""
+    count = rows * cols
+    if count <= 2**31:
+        return torch.arange(count, dtype=torch.int32, device=device).view(rows, cols)
+    return torch.arange(count, device=device).to(torch.int32).view(rows, cols)
+
+
+def binade_step(av: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
+    """Grid step 2^(b - man_bits) at each non-negative fp32 value, b its binary exponent clamped to [emin, emax]:
+    below 2^emin the grid continues with the step of the emin binade (subnormals). Built from the exponent bits."""
+    field = torch.bitwise_and(av.view(torch.int32), _EXPONENT)
+    return field.clamp_((fmt.emin + 127) << 23, (fmt.emax + 127) << 23).sub_(fmt.man_bits << 23).view(torch.float32)
+
+
+def round_steps(av: torch.Tensor, step: torch.Tensor, rounding: str, *, uniform: torch.Tensor | None = None,
+                ema_toward: torch.Tensor | None = None) -> torch.Tensor:
+    """k: scaled magnitudes av rounded to k * step (fp32 integers; before clamping to the limit). Overwrites av.
+
+    ``av``: non-negative, at most 2^(emax+1) (the scaled values of a finite block always are); ``step``: its
+    ``binade_step``. With a = av / step (exact: a power-of-two scaling, at most 2^(man_bits+1)) and frac = a - floor(a)
+    (exact): "nearest" rounds up when frac >= 1/2 (ties away from zero), "even" rounds half to even, "stochastic"
+    rounds up when ``uniform`` < frac, "ema" rounds up when ``ema_toward`` (the Q-EMA weight in the same scaled units,
+    times the sign of v) is at least (floor(a) + 1/2) * step.
+    """
+    a = av.div_(step)
+    if rounding == "nearest":
+        # floor(a) + (frac >= 1/2) as floor(a + h), h = 1/2 - 2^-25 the fp32 below 1/2 (floor(a + 1/2) is wrong: it
+        # rounds a = h up to 1). Bit-identical for every finite fp32 a >= 0: with n = floor(a) and u = ulp(a), the
+        # sum a + h is exact or rounds to nearest. frac >= 1/2: a + h >= n + 1 - 2^-25, which rounds to n + 1 (for
+        # n = 0 it is the tie 1 - 2^-25 between 1 - 2^-24 and 1, which goes to even 1; for n >= 1 the fp32 below
+        # n + 1 are u >= 2^-23 apart). frac < 1/2: frac <= 1/2 - u, so n <= a + h <= n + 1 - u - 2^-25, below the
+        # fp32 n + 1 - u (for a < 1/2, a + h <= 2h = 1 - 2^-24 exactly). tests/test_quant_oracle.py checks the
+        # neighbourhood of every tie.
+        return a.add_(_BELOW_HALF).floor_()
+    if rounding == "even":
+        return a.round_()
+    low = torch.floor(a)
+    if rounding == "stochastic":
+        # ceil(frac - u) is 1 when u < frac, else 0 or -0: frac - u rounds to 0 only when it is 0, and low + -0 = low.
+        return a.sub_(low).sub_(uniform).ceil_().add_(low)
+    if rounding == "ema":
+        return low.add_(ema_toward >= low.add(0.5).mul_(step))
+    raise ValueError(f"unknown rounding {rounding!r}")
+
+
+def _with_sign_of(magnitude: torch.Tensor, x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Set the fp32 sign bit of ``magnitude`` (>= +0, modified in place) from x's: -0 and negatives give negatives.
+    ``scratch``: an int32 buffer shaped like x to use for x's sign bits."""
+    sign = torch.bitwise_and(x.view(torch.int32), _SIGN, out=scratch)
+    return magnitude.view(torch.int32).bitwise_or_(sign).view(torch.float32)
+
+
+def _times_sign_of(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """t * (-1 if x's sign bit is set else 1), exactly: t's sign bit flipped where x's is (-0 counts as negative)."""
+    return torch.bitwise_and(x.view(torch.int32), _SIGN).bitwise_xor_(t.view(torch.int32)).view(torch.float32)
 
 
 def round_scaled(
@@ -100,45 +198,45 @@ def round_scaled(
 
     ``limit``: the block's largest magnitude, from ``magnitude_limit``. ``uniform``: draws in [0, 1) for stochastic
     rounding. ``ema_scaled``: the Q-EMA weight divided by the same block scale, for ``rounding="ema"`` (zero in an
-    all-zero block, which then stays zero). The sign follows v's sign bit, so -0 stays -0 and +0 counts as positive.
+    all-zero block, which then stays zero). The sign follows v's sign bit, so -0 stays -0 and +0 counts as positive;
+    +-Inf give +-limit and NaN stays NaN.
     """
-    negative = v.view(torch.int32) < 0
-    sign = torch.where(negative, -1.0, 1.0)
-    av = v.abs()
-    binade = _exponent_field(av).clamp(fmt.emin, fmt.emax)
-    step = pow2(binade - fmt.man_bits)
-    a = av * pow2(fmt.man_bits - binade)  # |v| in units of the grid step: exact
-    low = torch.floor(a)
-    frac = a - low
-    if rounding == "nearest":
-        up = frac >= 0.5
-    elif rounding == "even":
-        low_is_odd = (low - 2.0 * torch.floor(low * 0.5)) == 1.0
-        up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
-    elif rounding == "stochastic":
-        up = uniform < frac
-    elif rounding == "ema":
-        up = sign * ema_scaled >= (low + 0.5) * step
-    else:
-        raise ValueError(f"unknown rounding {rounding!r}")
-    magnitude = torch.minimum((low + up.to(torch.float32)) * step, limit)
-    return magnitude * sign
+    av = v.abs().clamp_max_(2.0 ** (fmt.emax + 1))  # beyond the top binade all round to the limit; keeps Inf finite
+    step = binade_step(av, fmt)
+    ema_toward = None if ema_scaled is None else _times_sign_of(ema_scaled, v)
+    magnitude = round_steps(av, step, rounding, uniform=uniform, ema_toward=ema_toward).mul_(step)
+    return _with_sign_of(torch.minimum(magnitude, limit, out=magnitude), v)
 
 
 def _blocked(x2d: torch.Tensor, layout: str) -> torch.Tensor:
-    """View a zero-padded copy of x2d as (..., 32) blocks: (rows, nblk, 32) for 1x32, (nblk, cols, 32) for 32x1."""
+    """View x2d, zero-padded to whole blocks, as (..., 32) blocks: (rows, nblk, 32) for 1x32, (nblk, cols, 32) for
+    32x1 (a transposed view: memory keeps x2d's order, and so do the results of elementwise ops on it). Without a
+    tail it is a view of x2d itself."""
     rows, cols = x2d.shape
     if layout == "1x32":
         pad = -cols % BLOCK_SIZE
-        return torch.nn.functional.pad(x2d, (0, pad)).view(rows, -1, BLOCK_SIZE)
+        return (torch.nn.functional.pad(x2d, (0, pad)) if pad else x2d).view(rows, -1, BLOCK_SIZE)
     pad = -rows % BLOCK_SIZE
-    return torch.nn.functional.pad(x2d, (0, 0, 0, pad)).view(-1, BLOCK_SIZE, cols).transpose(1, 2)
+    padded = torch.nn.functional.pad(x2d, (0, 0, 0, pad)) if pad else x2d
+    return padded.view(-1, BLOCK_SIZE, cols).transpose(1, 2)
 
 
 def _unblocked(blocks: torch.Tensor, layout: str, rows: int, cols: int) -> torch.Tensor:
     if layout == "1x32":
         return blocks.reshape(rows, -1)[:, :cols]
     return blocks.transpose(1, 2).reshape(-1, cols)[:rows]
+
+
+def _codes_(k: torch.Tensor, step: torch.Tensor, xb: torch.Tensor, fmt: ElementFormat,
+            code_limit: torch.Tensor) -> torch.Tensor:
+    """Element codes (sign bit | exponent field | mantissa, int32) of the values k * step clamped to the limit whose
+    magnitude code is ``code_limit``: (b - emin) * 2^m + k for step = 2^(b - m), which also covers k = 2^(m+1), the
+    first value of the next binade; the code is monotonic in the value, so clamping it clamps the value. Overwrites
+    ``step`` (its fp32 bits >> (23 - m) are (b - m + 127) * 2^m)."""
+    code = k.to(torch.int32).add_(step.view(torch.int32).bitwise_right_shift_(23 - fmt.man_bits))
+    code = torch.minimum(code.sub_((127 - fmt.man_bits + fmt.emin) << fmt.man_bits), code_limit, out=code)
+    negative = step.view(torch.int32).copy_(xb.view(torch.int32)).bitwise_right_shift_(31)  # -1 where negative
+    return code.bitwise_or_(negative.bitwise_and_(1 << (fmt.bits - 1)))
 
 
 def quantize_2d(
@@ -150,59 +248,48 @@ def quantize_2d(
     *,
     ema2d: torch.Tensor | None = None,
     seed: tuple[int, int] = (0, 0),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Quantize a 2-D tensor. Returns (dequantized fp32, signed grid values fp32, biased E8M0 scales uint8).
+    want_codes: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Quantize a 2-D tensor. Returns (dequantized fp32, element codes uint8 or None, biased E8M0 scales uint8).
 
-    The scales tensor has shape (rows, ceil(cols/32)) for 1x32 and (ceil(rows/32), cols) for 32x1. A block holding
-    NaN or Inf dequantizes to all NaN and gets the NaN scale 255. The values are for x2d's dtype: rceil saturates
-    those that would overflow it (``magnitude_limit``).
+    The scales tensor has shape (rows, ceil(cols/32)) for 1x32 and (ceil(rows/32), cols) for 32x1; the codes (with
+    ``want_codes``) are shaped like x2d. A block holding NaN or Inf dequantizes to all NaN, gets the NaN scale 255 and
+    codes 0. The values are for x2d's dtype: rceil saturates those that would overflow it (``magnitude_limit``).
     """
     rows, cols = x2d.shape
-    xb = _blocked(x2d.float(), layout)
-    finite = torch.isfinite(xb).all(dim=-1, keepdim=True)
-    amax = xb.abs().amax(dim=-1, keepdim=True)
-    amax = torch.where(finite, amax, torch.zeros_like(amax))
-    s = shared_exponent(amax, fmt, scale_rule)
-    v = xb * pow2(-s)
-    uniform = ema_scaled = None
+    xb = _blocked(x2d.float(), layout)  # may be x2d itself: only read
+    av = xb.abs()
+    amax = av.amax(dim=-1, keepdim=True)  # NaN or Inf exactly when the block holds one
+    finite = torch.isfinite(amax)
+    s = shared_exponent(amax, fmt, scale_rule)  # meaningless for the blocks that are not finite: replaced at the end
+    inverse = pow2(-s)
+    # NaN and Inf become 0 (their blocks become NaN at the end): every later step sees finite values, and the NaN
+    # factor below is the only NaN operand of its product, which is then that NaN (of two NaN operands, which one a
+    # product returns depends on the CPU's code path).
+    av.nan_to_num_(0.0, 0.0).mul_(inverse)  # |x| / 2^s
+    uniform = ema_toward = None
     if rounding == "stochastic":
-        index = torch.arange(rows * cols, device=x2d.device).view(rows, cols)
-        uniform = _blocked(index, layout)
-        uniform = uniform_from_index(uniform, seed)
+        uniform = _blocked(_uniform_(_flat_index(rows, cols, x2d.device), seed), layout)
     elif rounding == "ema":
         if ema2d is None:
             raise ValueError("rounding='ema' needs the EMA tensor (ema=...)")
-        # An all-zero block has no grid of its own (its scale 2^-127 is a placeholder): it stays zero whatever the EMA.
-        ema_scaled = torch.where(amax > 0, _blocked(ema2d.float(), layout) * pow2(-s), 0.0)
-    limit = magnitude_limit(s, fmt, x2d.dtype)
-    grid = round_scaled(v, fmt, rounding, limit=limit, uniform=uniform, ema_scaled=ema_scaled)
-    deq = torch.where(finite, grid * pow2(s), torch.full_like(grid, float("nan")))
-    grid = torch.where(finite, grid, torch.zeros_like(grid))
-    scales = torch.where(finite, s + SCALE_BIAS, torch.full_like(s, SCALE_NAN)).squeeze(-1).to(torch.uint8)
-    return _unblocked(deq, layout, rows, cols), _unblocked(grid, layout, rows, cols), scales
-
-
-def encode(grid: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
-    """4-bit codes (sign bit | exponent field | mantissa) of signed grid values, as uint8 in [0, 15]."""
-    a = grid.abs()
-    binade = _exponent_field(a).clamp(fmt.emin, fmt.emax)
-    k = a * pow2(fmt.man_bits - binade)  # an integer: position inside the binade's grid
-    code = (binade - fmt.emin) * (1 << fmt.man_bits) + k.to(torch.int32)
-    sign = (grid.view(torch.int32) < 0).to(torch.int32) << (fmt.bits - 1)
-    return (code | sign).to(torch.uint8)
-
-
-def decode(codes: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
-    """Signed grid values (fp32) of 4-bit codes; inverse of ``encode``."""
-    c = codes.to(torch.int32)
-    magnitude = c & fmt.max_code
-    field = magnitude >> fmt.man_bits
-    mant = magnitude & ((1 << fmt.man_bits) - 1)
-    normal = field > 0
-    significand = torch.where(normal, mant + (1 << fmt.man_bits), mant).to(torch.float32)
-    exponent = torch.where(normal, field - fmt.bias, torch.full_like(field, fmt.emin)) - fmt.man_bits
-    sign = torch.where((c >> (fmt.bits - 1)) != 0, -1.0, 1.0)
-    return significand * pow2(exponent) * sign
+        # An all-zero block has no grid of its own (its scale 2^-127 is a placeholder): it stays zero whatever the EMA
+        # (its scaled EMA is +-0, or NaN for an infinite one, never above the first threshold).
+        ema_inverse = torch.where(amax > 0, inverse, 0.0)
+        ema_toward = _times_sign_of(_blocked(ema2d.float(), layout) * ema_inverse, xb)
+    step = binade_step(av, fmt)
+    k = round_steps(av, step, rounding, uniform=uniform, ema_toward=ema_toward)
+    magnitude = k * step if want_codes else k.mul_(step)  # the codes are computed from k
+    codes = None
+    if want_codes:
+        codes = _codes_(k, step, xb, fmt, _code_limit(s, fmt, x2d.dtype)).mul_(finite)
+        codes = _unblocked(codes, layout, rows, cols).to(torch.uint8)
+    magnitude = torch.minimum(magnitude, magnitude_limit(s, fmt, x2d.dtype), out=magnitude)
+    # The signed grid value times 2^s, or NaN for the whole block.
+    deq = _with_sign_of(magnitude, xb, scratch=step.view(torch.int32))
+    deq.mul_(torch.where(finite, pow2(s), float("nan")))
+    scales = torch.where(finite, s + SCALE_BIAS, SCALE_NAN).squeeze(-1).to(torch.uint8)
+    return _unblocked(deq, layout, rows, cols), codes, scales
 
 
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
@@ -212,26 +299,29 @@ def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     return codes[..., 0::2] | (codes[..., 1::2] << 4)
 
 
-def unpack_nibbles(packed: torch.Tensor, cols: int) -> torch.Tensor:
-    """Inverse of ``pack_nibbles``: (..., ceil(cols/2)) bytes -> (..., cols) codes."""
-    codes = torch.stack((packed & 0xF, packed >> 4), dim=-1).flatten(-2)
-    return codes[..., :cols]
+@functools.lru_cache(maxsize=None)
+def _byte_values(fmt: ElementFormat, device: torch.device) -> torch.Tensor:
+    """The two signed grid values (fp32, low nibble first) of each of the 256 bytes of packed 4-bit codes, the pair
+    stored as one 64-bit word so that one gather decodes two codes. Code c has the magnitude fmt.grid()[c & max_code]
+    and is negative when its sign bit (bit bits - 1) is set."""
+    grid = torch.tensor(fmt.grid(), dtype=torch.float32)
+    code = torch.arange(16)
+    values = torch.where((code >> (fmt.bits - 1)) & 1 == 1, -grid[code & fmt.max_code], grid[code & fmt.max_code])
+    byte = torch.arange(256)
+    return torch.stack((values[byte & 0xF], values[byte >> 4]), dim=-1).view(torch.int64).squeeze(-1).to(device)
 
 
-def expand_scales(scales: torch.Tensor, layout: str, rows: int, cols: int) -> torch.Tensor:
-    """Per-element int32 scale exponents (biased E8M0 -> s) and a per-element NaN-block mask."""
-    s = scales.to(torch.int32)
-    if layout == "1x32":
-        s = s.repeat_interleave(BLOCK_SIZE, dim=1)[:, :cols]
-    else:
-        s = s.repeat_interleave(BLOCK_SIZE, dim=0)[:rows]
-    return s
+def unpack_values(packed: torch.Tensor, fmt: ElementFormat, cols: int) -> torch.Tensor:
+    """Signed grid values (fp32, (..., cols)) of 4-bit codes packed by ``pack_nibbles`` into (..., ceil(cols/2))."""
+    words = _byte_values(fmt, packed.device).index_select(0, packed.reshape(-1).to(torch.int64))
+    return words.view(torch.float32).view(*packed.shape[:-1], -1)[..., :cols]
 
 
 def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, fmt: ElementFormat, layout: str, rows: int,
                   cols: int) -> torch.Tensor:
     """fp32 values of packed codes and biased scales (NaN where the block's scale is the NaN marker)."""
-    grid = decode(unpack_nibbles(packed, cols), fmt)
-    biased = expand_scales(scales, layout, rows, cols)
-    value = grid * pow2(biased.clamp(max=SCALE_EXP_MAX + SCALE_BIAS) - SCALE_BIAS)
-    return torch.where(biased == SCALE_NAN, torch.full_like(value, float("nan")), value)
+    grid = unpack_values(packed, fmt, cols)
+    biased = scales.to(torch.int32).unsqueeze(-1)
+    scale = pow2(biased.clamp(max=SCALE_EXP_MAX + SCALE_BIAS) - SCALE_BIAS)
+    factor = torch.where(biased == SCALE_NAN, float("nan"), scale)
+    return _unblocked(_blocked(grid, layout).mul_(factor), layout, rows, cols)
