@@ -35,7 +35,7 @@ def aggregate(aggregation: str, squared: torch.Tensor) -> torch.Tensor:
     """One layer's squared distances (out_features, in_features) reduced as ``aggregation`` says: ``kernel_mean``
     sums over the outputs and averages over the inputs (sum / in_features), ``mean`` averages, ``sum`` sums."""
     if aggregation == "kernel_mean":
-        return squared.sum(0).mean()
+        return squared.sum() / squared.shape[1]
     if aggregation == "mean":
         return squared.mean()
     return squared.sum()
