@@ -109,7 +109,8 @@ def checkpoint_weights(path: Path, weights: str) -> tuple[dict, int]:
 
 def num_classes(config, model_state: dict, path: Path) -> int:
     """The classifier width, read off the trained head (timm's pretrained config names the head's module)."""
-    head = timm.models.get_pretrained_cfg(config.model.name).classifier
+    pretrained = timm.models.get_pretrained_cfg(config.model.name)
+    head = pretrained.classifier if pretrained is not None else "head"
     weight = model_state.get(f"{head}.weight")
     if weight is None:
         raise CheckpointError(f"checkpoint {path} has no classifier {head}.weight: written by another model than "
