@@ -41,3 +41,8 @@ from .wang import WangConfig, wang_linear
 from .int4 import Int4Config, int4_linear
 
 __all__ += ["TsengConfig", "tseng_linear", "WangConfig", "wang_linear", "Int4Config", "int4_linear"]
+# Export of trained models: packed MXFP4 weights in a safetensors file, and the loader.
+from .export import ExportError, check_exportable, eval_recipe, load_mxfp4, packed_weight, read_metadata, save_mxfp4
+
+__all__ += ["ExportError", "check_exportable", "eval_recipe", "load_mxfp4", "packed_weight", "read_metadata",
+            "save_mxfp4"]
