@@ -5,6 +5,8 @@ the one the weight quantizer Q2 uses: 1x32 blocks along the last dim, computed e
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import reference
@@ -22,7 +24,14 @@ def block_scales(weight: torch.Tensor, config: QuantizerConfig) -> torch.Tensor:
 
 
 def grid_magnitudes(fmt: ElementFormat, device: torch.device | str | None = None) -> torch.Tensor:
-    """The format's non-negative grid values, ascending (fp32)."""
+    """The format's non-negative grid values, ascending (fp32). Cached per format and device: building the tensor on
+    a GPU is a copy from pageable host memory, which waits for the device (Freeze looks it up twice per layer per
+    optimizer step). Shared: do not modify the result in place."""
+    return _grid_magnitudes(fmt, torch.device(device) if device is not None else torch.device("cpu"))
+
+
+@functools.lru_cache(maxsize=32)
+def _grid_magnitudes(fmt: ElementFormat, device: torch.device) -> torch.Tensor:
     return torch.tensor(fmt.grid(), dtype=torch.float32, device=device)
 
 
