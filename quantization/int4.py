@@ -162,23 +162,25 @@ def bit_split(g: torch.Tensor, *, uniform: torch.Tensor | None = None) -> BitSpl
 def leverage_probabilities(scores: torch.Tensor, budget: float) -> torch.Tensor:
     """Inclusion probabilities p_i = min(1, c * scores_i) with sum p_i = budget (the expected sample size), the
     budget of the capped rows redistributed over the rest; zero scores get p = 0. If at most ``budget`` scores are
-    positive, every positive one gets p = 1."""
+    positive, every positive one gets p = 1. Computed without reading anything back to the host (no sync)."""
     if scores.dim() != 1:
         raise ValueError(f"leverage_probabilities expects a 1-D tensor; got shape {tuple(scores.shape)}")
     scores = scores.to(torch.float64)
     pos = scores > 0
-    n_pos = int(pos.sum())
-    if n_pos <= budget:
-        return pos.to(scores.dtype)
+    n_pos = pos.sum()
     # water filling: with the k largest capped at 1, the rest get c_k * score, c_k = (budget - k) / (sum of the rest);
-    # the smallest k whose (k+1)-th largest score stays below 1 is the solution (a tie is capped or not together)
-    ordered = torch.sort(scores, descending=True).values[:n_pos]
+    # the smallest k whose (k+1)-th largest score stays below 1 is the solution (a tie is capped or not together).
+    # The positive scores come first in descending order; the others are zeroed so the sums from the end start with
+    # exact zeros, and positions k >= n_pos are never chosen.
+    k = torch.arange(scores.numel(), dtype=scores.dtype, device=scores.device)
+    ordered = torch.sort(scores, descending=True).values
+    ordered = torch.where(k < n_pos, ordered, torch.zeros_like(ordered))
     rest = ordered.flip(0).cumsum(0).flip(0)  # rest[k] = sum of ordered[k:]
-    k = torch.arange(n_pos, dtype=scores.dtype, device=scores.device)
     c = (budget - k) / rest
-    ok = (ordered * c < 1.0) & (k < budget)
-    first = int(torch.nonzero(ok)[0, 0]) if bool(ok.any()) else n_pos - 1
-    return torch.clamp(scores * c[first], max=1.0)
+    ok = (ordered * c < 1.0) & (k < budget) & (k < n_pos)
+    first = torch.where(ok.any(), torch.argmax(ok.to(torch.uint8)), n_pos - 1).clamp(min=0)
+    water = torch.clamp(scores * c[first], max=1.0)
+    return torch.where(n_pos <= budget, pos.to(scores.dtype), water)
 
 
 def leverage_sample(stacked: torch.Tensor, scores: torch.Tensor, ratio: float) -> torch.Tensor:
