@@ -51,3 +51,28 @@ def test_fullgraph_aot_eager_forward_backward_equals_eager(name):
         results.append([loss.detach()] + [p.grad for p in module.parameters()])
     for eager, traced in zip(*results):
         assert torch.equal(eager, traced)
+
+
+def test_train_compile_aot_eager_trains_as_eager(tmp_path):
+    """main.py with train.compile: one tiny epoch (drop path on) ends in the eager run's model and optimizer."""
+    import main
+    from pipeline_helpers import assert_states_equal, tiny_config
+    from training import load
+
+    states = []
+    for mode in ("eager", "aot_eager"):
+        torch._dynamo.reset()
+        main.run(tiny_config(tmp_path / mode, "model.drop_path=0.1", f"train.compile={mode}"))
+        state = load(tmp_path / mode / "checkpoint_last.pth")
+        states.append({key: state[key] for key in ("model", "optimizer")})
+    assert_states_equal(*states)
+
+
+def test_train_compile_names_the_bad_value_and_recipes_it_cannot_trace(tmp_path):
+    from configs import ConfigError
+    from pipeline_helpers import tiny_config
+
+    with pytest.raises(ConfigError, match="train.compile 'fast'; valid choices: eager, inductor, aot_eager"):
+        tiny_config(tmp_path, "train.compile=fast")
+    with pytest.raises(ConfigError, match="cannot trace recipe 'tseng'"):
+        tiny_config(tmp_path, "train.compile=inductor", method="tseng")
