@@ -96,12 +96,6 @@ def validate(config: RunConfig) -> None:
     for key, (value, valid) in choices.items():
         if value not in valid:
             raise choices_error(key, value, valid)
-    recipe = config.method.resolved
-    if config.train.compile != "eager" and recipe.op is not None:
-        raise ConfigError(f"train.compile={config.train.compile!r} cannot trace recipe {recipe.name!r}: its Linear op "
-                          f"({type(recipe.op).__name__}) is plain PyTorch with host-side control flow, not the "
-                          f"registered MX quantizer ops; use train.compile=eager, or a recipe of the six quantizers "
-                          f"(tetrajet, tetrajet_qema, tetrajet_qramping, microscaling, ...)")
     if config.optim.warmup_epochs < 0:
         raise ConfigError(f"optim.warmup_epochs must be >= 0, got {config.optim.warmup_epochs}")
     if config.optim.warmup_prefix and config.optim.warmup_epochs >= config.train.epochs:
@@ -126,6 +120,12 @@ def validate(config: RunConfig) -> None:
         hooks_optimizer(hooks)
     except ValueError as error:
         raise ConfigError(f"method.recipe: {error}") from None
+    recipe = config.method.resolved
+    if config.train.compile != "eager" and recipe.op is not None:
+        raise ConfigError(f"train.compile={config.train.compile!r} cannot trace recipe {recipe.name!r}: its Linear op "
+                          f"({type(recipe.op).__name__}) is plain PyTorch with host-side control flow, not the "
+                          f"registered MX quantizer ops; use train.compile=eager, or a recipe of the six quantizers "
+                          f"(tetrajet, tetrajet_qema, tetrajet_qramping, microscaling, ...)")
     for hook in hooks:
         if hook.optimizer is not None and config.optim.name != "adamw":
             raise ConfigError(f"optim.name {config.optim.name!r} cannot be used with a {hook.name} recipe: "
