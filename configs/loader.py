@@ -14,8 +14,8 @@ import yaml
 
 from quantization import hooks_optimizer, method_hooks
 
-from .schema import (AMP_MODES, COMPILE_MODES, DATASET_NAMES, DEVICES, ERASE_MODES, INTERPOLATIONS, MIXUP_MODES, OPTIMIZER_NAMES,
-                     SCHED_INTERVALS, ConfigError, RunConfig, choices_error)
+from .schema import (AMP_MODES, COMPILE_MODES, DATASET_NAMES, DEVICES, ERASE_MODES, INTERPOLATIONS, MIXUP_MODES,
+                     OPTIMIZER_NAMES, SCHED_INTERVALS, ConfigError, RunConfig, choices_error)
 
 _FREE_FORM = {("model", "timm_kwargs"), ("method", "recipe")}  # mappings whose keys the schema does not fix
 
