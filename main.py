@@ -127,11 +127,13 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[config.train.amp]
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.train.amp == "fp16")
         self.criterion = training.build_criterion(config.aug, self.mixup is not None)
-        self.train_model = self.model
+        # Compiled beneath DDP, which then sees one traced module; checkpoints and evaluation use the eager model.
+        self.train_model = self.model if config.train.compile == "eager" else \
+            training.compile_model(self.model, config.train.compile)
         if ctx.distributed:
             device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
             # Quantizer buffers (Q-EMA, Freeze) are updated identically on every rank: no need to broadcast them.
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids,
+            self.train_model = nn.parallel.DistributedDataParallel(self.train_model, device_ids=device_ids,
                                                                    broadcast_buffers=False)
         self.loaders = build_loaders(self.data, config.data, config.aug.repeated_aug, config.train.seed, ctx.rank,
                                      ctx.world_size)

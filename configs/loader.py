@@ -14,8 +14,8 @@ import yaml
 
 from quantization import hooks_optimizer, method_hooks
 
-from .schema import (AMP_MODES, DATASET_NAMES, DEVICES, ERASE_MODES, INTERPOLATIONS, MIXUP_MODES, OPTIMIZER_NAMES,
-                     SCHED_INTERVALS, ConfigError, RunConfig, choices_error)
+from .schema import (AMP_MODES, COMPILE_MODES, DATASET_NAMES, DEVICES, ERASE_MODES, INTERPOLATIONS, MIXUP_MODES,
+                     OPTIMIZER_NAMES, SCHED_INTERVALS, ConfigError, RunConfig, choices_error)
 
 _FREE_FORM = {("model", "timm_kwargs"), ("method", "recipe")}  # mappings whose keys the schema does not fix
 
@@ -88,6 +88,7 @@ def method_label(config: RunConfig) -> str:
 def validate(config: RunConfig) -> None:
     """Checks across fields that types alone do not catch; raises ConfigError naming the bad value."""
     choices = {"train.amp": (config.train.amp, AMP_MODES), "train.device": (config.train.device, DEVICES),
+               "train.compile": (config.train.compile, COMPILE_MODES),
                "optim.sched_interval": (config.optim.sched_interval, SCHED_INTERVALS),
                "optim.name": (config.optim.name, OPTIMIZER_NAMES), "data.dataset": (config.data.dataset, DATASET_NAMES),
                "aug.interpolation": (config.aug.interpolation, INTERPOLATIONS),
@@ -119,6 +120,12 @@ def validate(config: RunConfig) -> None:
         hooks_optimizer(hooks)
     except ValueError as error:
         raise ConfigError(f"method.recipe: {error}") from None
+    recipe = config.method.resolved
+    if config.train.compile != "eager" and recipe.op is not None:
+        raise ConfigError(f"train.compile={config.train.compile!r} cannot trace recipe {recipe.name!r}: its Linear op "
+                          f"({type(recipe.op).__name__}) is plain PyTorch with host-side control flow, not the "
+                          f"registered MX quantizer ops; use train.compile=eager, or a recipe of the six quantizers "
+                          f"(tetrajet, tetrajet_qema, tetrajet_qramping, microscaling, ...)")
     for hook in hooks:
         if hook.optimizer is not None and config.optim.name != "adamw":
             raise ConfigError(f"optim.name {config.optim.name!r} cannot be used with a {hook.name} recipe: "

@@ -13,6 +13,7 @@ from quantization import Recipe, get_recipe
 # The fixed choices, checked when a config is loaded (configs.loader.validate), before anything is written.
 AMP_MODES = ("bf16", "fp16", "fp32")
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("eager", "inductor", "aot_eager")  # train.compile: eager (none), or a torch.compile backend
 SCHED_INTERVALS = ("epoch", "step")
 OPTIMIZER_NAMES = ("adamw",)  # training.optim.OPTIMIZERS builds each
 DATASET_NAMES = ("imagenet", "fashion_mnist", "cifar10", "cifar100")  # datasets.build_datasets reads each
@@ -127,6 +128,9 @@ class TrainConfig:
     model_ema: bool = True
     model_ema_decay: float = 0.99996
     log_interval: int = 50  # steps between step records in the logs
+    # torch.compile(fullgraph=True) of the training model with this backend (inductor: the fast one; aot_eager:
+    # traced but run op by op, to check that tracing changes nothing); "eager" does not compile.
+    compile: str = "eager"
     # Oscillation metrics (quantization.OscillationMonitor; Table 3, Figs. 2, 3, 5, 6): every osc_interval steps
     # (0 = off) follow osc_window steps; r(Y) of module osc_block on the first osc_probe validation images.
     osc_interval: int = 0

@@ -86,6 +86,18 @@ def _uniform(index, seed0, seed1):
 
 
 @triton.jit
+def _load_seed(seed_ptr, ROUNDING: tl.constexpr):
+    """The two seed words of stochastic rounding, read from the device (no host value, so capture-safe); other
+    roundings read nothing."""
+    seed0 = tl.full((), 0, tl.uint32)
+    seed1 = tl.full((), 0, tl.uint32)
+    if ROUNDING == 2:
+        seed0 = tl.load(seed_ptr).to(tl.uint32)
+        seed1 = tl.load(seed_ptr + 1).to(tl.uint32)
+    return seed0, seed1
+
+
+@triton.jit
 def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
                    MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_VALUE: tl.constexpr,
                    MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr,
@@ -147,8 +159,8 @@ def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, 
     return code, scale
 
 
-@triton.jit(do_not_specialize=["seed0", "seed1"])  # a seed of 1 must not become a compile-time constant
-def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed0, seed1,
+@triton.jit
+def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed_ptr,
                           GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                           WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
@@ -168,6 +180,7 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     ax = tl.abs(x)
     finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
     amax = tl.max(ax, axis=1)
+    seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
     code, scale = _round_and_store(x, amax[:, None], finite[:, None], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
                                    IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT,
                                    RCEIL, ROUNDING, OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
@@ -180,8 +193,8 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
         tl.store(scales_ptr + group, tl.max(scale, axis=1).to(tl.uint8), mask=row < rows)
 
 
-@triton.jit(do_not_specialize=["seed0", "seed1"])
-def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed0, seed1,
+@triton.jit
+def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed_ptr,
                           BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                           WRITE_PACKED: tl.constexpr,
                           MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
@@ -197,6 +210,7 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     ax = tl.abs(x)
     finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=0) == 0
     amax = tl.max(ax, axis=0)
+    seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
     code, scale = _round_and_store(x, amax[None, :], finite[None, :], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
                                    IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT,
                                    RCEIL, ROUNDING, OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
@@ -305,15 +319,15 @@ def _abs_or_inf(x):
     return tl.where(x != x, float("inf"), tl.abs(x))
 
 
-@triton.jit(do_not_specialize=["seed0", "seed1", "seed2", "seed3"])
-def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols, seed0, seed1, seed2, seed3,
+@triton.jit
+def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols, seed_rows_ptr, seed_cols_ptr,
                                   BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
                                   MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
                                   SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
                                   OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
     """One read, two quantizations: a band of 32 rows x BLOCK_C columns (2 * half_cols columns in all) quantized in
-    1x32 blocks (to y_rows, seeds 0/1) and in 32x1 blocks (to y_cols, seeds 2/3), as a (rows, blocks, 16 pairs)
+    1x32 blocks (to y_rows, seed words at seed_rows_ptr) and in 32x1 blocks (to y_cols, at seed_cols_ptr), as a (rows, blocks, 16 pairs)
     tile of element pairs. The backward pass's dY feeds Q3 and Q5 this way."""
     row = _program_start(0, 32, WIDE) + tl.arange(0, 32)
     pair = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 32)[:, None] * 16 + tl.arange(0, 16)[None, :]
@@ -323,6 +337,8 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols
     pair_offs = row3 * half_cols + pair3
     index = 2 * pair_offs
     low, high = _load_pairs(x_ptr, pair_offs, mask, IS_BF16)
+    seed0, seed1 = _load_seed(seed_rows_ptr, ROUNDING)
+    seed2, seed3 = _load_seed(seed_cols_ptr, ROUNDING)
     abs_low, abs_high = _abs_or_inf(low), _abs_or_inf(high)
     amax = tl.maximum(tl.max(abs_low, axis=2), tl.max(abs_high, axis=2))[:, :, None]
     finite = amax < float("inf")
@@ -343,8 +359,8 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols
     _store_pairs(y_cols_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
 
 
-@triton.jit(do_not_specialize=["seed0", "seed1"])
-def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_stride, seed0, seed1,
+@triton.jit
+def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_stride, seed_ptr,
                        BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
                        IN_MAN_BITS: tl.constexpr, IN_EMIN: tl.constexpr, IN_BIAS: tl.constexpr,
                        IN_MAX_CODE: tl.constexpr, IN_SIGN_BIT: tl.constexpr,
@@ -377,6 +393,7 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
     amax_low = tl.max(_abs_or_inf(low), axis=0)[None, :, :]
     amax_high = tl.max(_abs_or_inf(high), axis=0)[None, :, :]
     index = 2 * pair_offs
+    seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
     low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed0, seed1, MAN_BITS, EMIN,
                                  EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
                                  OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
@@ -410,10 +427,11 @@ def _decode_args(fmt: ElementFormat, prefix: str = "") -> dict:
 
 
 def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: str, rounding: str, *,
-                ema2d: torch.Tensor | None, seed: tuple[int, int], want_values: bool, want_packed: bool,
+                ema2d: torch.Tensor | None, seed: torch.Tensor | None, want_values: bool, want_packed: bool,
                 launch: dict | None = None):
     """Run the fused quantizer on a contiguous 2-D tensor; returns (values, packed, scales), None where not asked.
-    ``launch`` overrides the tile shape (keys of LAUNCH_1X32 / LAUNCH_32X1)."""
+    ``seed``: the two seed words (int64, on x2d's device) that stochastic rounding reads; ``launch`` overrides the
+    tile shape (keys of LAUNCH_1X32 / LAUNCH_32X1)."""
     rows, cols = x2d.shape
     device = x2d.device
     y = torch.empty_like(x2d) if want_values else x2d
@@ -425,6 +443,7 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
         scales_shape = (triton.cdiv(rows, BLOCK_SIZE), cols)
     scales = torch.empty(scales_shape, dtype=torch.uint8, device=device) if want_packed else x2d
     ema = ema2d if ema2d is not None else x2d
+    seed = seed if seed is not None else x2d  # read only by stochastic rounding
     common = dict(WRITE_Y=want_values, IS_BF16=x2d.dtype == torch.bfloat16, WIDE=_wide(rows, cols),
                   WRITE_PACKED=want_packed,
                   **_quantizer_args(fmt, scale_rule, rounding, x2d.dtype))
@@ -433,12 +452,12 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
             cfg = launch or LAUNCH_1X32
             n_groups = rows * triton.cdiv(cols, BLOCK_SIZE)
             grid = (triton.cdiv(n_groups, cfg["groups"]),)
-            _quantize_1x32_kernel[grid](x2d, ema, y, packed, scales, rows, cols, pstride, seed[0], seed[1],
+            _quantize_1x32_kernel[grid](x2d, ema, y, packed, scales, rows, cols, pstride, seed,
                                         GROUPS=cfg["groups"], num_warps=cfg["num_warps"], **common)
         else:
             cfg = launch or LAUNCH_32X1
             grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
-            _quantize_32x1_kernel[grid](x2d, ema, y, packed, scales, rows, cols, pstride, seed[0], seed[1],
+            _quantize_32x1_kernel[grid](x2d, ema, y, packed, scales, rows, cols, pstride, seed,
                                         BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], **common)
     return (y if want_values else None), (packed if want_packed else None), (scales if want_packed else None)
 
@@ -449,9 +468,9 @@ def _pairs_aligned(t: torch.Tensor, cols: int) -> bool:
 
 
 def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: ElementFormat, scale_rule: str, rounding: str, *,
-                             seeds: tuple[tuple[int, int], tuple[int, int]],
+                             seeds: tuple[torch.Tensor | None, torch.Tensor | None],
                              launch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values of x2d quantized in 1x32 blocks (seed ``seeds[0]``) and in 32x1 blocks (``seeds[1]``), from one read
+    """Values of x2d quantized in 1x32 blocks (seed words ``seeds[0]``) and in 32x1 blocks (``seeds[1]``), from one read
     (an odd column count or a misaligned tensor takes two passes instead). Not for "ema" rounding."""
     rows, cols = x2d.shape
     if not _pairs_aligned(x2d, cols):
@@ -461,8 +480,8 @@ def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: ElementFormat, scale_rule: 
     if rows * cols > 0:
         cfg = launch or LAUNCH_BOTH_LAYOUTS
         grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
-        (s0, s1), (s2, s3) = seeds
-        _quantize_both_layouts_kernel[grid](x2d, y_rows, y_cols, rows, cols // 2, s0, s1, s2, s3,
+        seed_rows, seed_cols = (x2d if seed is None else seed for seed in seeds)
+        _quantize_both_layouts_kernel[grid](x2d, y_rows, y_cols, rows, cols // 2, seed_rows, seed_cols,
                                             BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"],
                                             IS_BF16=x2d.dtype == torch.bfloat16, WIDE=_wide(rows, cols),
                                             **_quantizer_args(fmt, scale_rule, rounding, x2d.dtype))
@@ -470,7 +489,7 @@ def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: ElementFormat, scale_rule: 
 
 
 def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: ElementFormat, rows: int, cols: int,
-                  dtype: torch.dtype, fmt: ElementFormat, scale_rule: str, rounding: str, *, seed: tuple[int, int],
+                  dtype: torch.dtype, fmt: ElementFormat, scale_rule: str, rounding: str, *, seed: torch.Tensor | None,
                   launch: dict | None = None) -> torch.Tensor:
     """A 1x32-packed tensor, dequantized to ``dtype`` and quantized again in 32x1 blocks, in one pass (values of
     ``dtype``; an odd column count takes two passes). Not for "ema" rounding."""
@@ -482,7 +501,7 @@ def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: Elemen
     if rows * cols > 0:
         cfg = launch or LAUNCH_REQUANTIZE
         grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
-        _requantize_kernel[grid](packed, scales, y, rows, cols // 2, scales.shape[1], seed[0], seed[1],
+        _requantize_kernel[grid](packed, scales, y, rows, cols // 2, scales.shape[1], packed if seed is None else seed,
                                  BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], IS_BF16=dtype == torch.bfloat16,
                                  WIDE=_wide(rows, cols), **_decode_args(packed_fmt, "IN_"),
                                  **_quantizer_args(fmt, scale_rule, rounding, dtype))

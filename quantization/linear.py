@@ -7,7 +7,7 @@ from torch import nn
 
 from .amp import autocast_operands
 from .freeze import FreezeState
-from .ops import MXTensor, dequantize, draw_seed, quantize_2d, quantize_both_layouts_2d, requantize_2d
+from .ops import MXTensor, dequantize, draw_seeds, quantize_2d, quantize_both_layouts_2d, requantize_2d
 from .recipes import BACKWARD_ROLES, ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
 from .registry import linear_op
 
@@ -15,26 +15,36 @@ QEMA_WARMUP_UPDATES = 10
 
 
 def _quantize(t2d: torch.Tensor, config: QuantizerConfig | None, role: str, *, want_packed: bool = False,
-              ema2d: torch.Tensor | None = None, seed: tuple[int, int] | None = None):
+              ema2d: torch.Tensor | None = None, seed: torch.Tensor | None = None):
     """Apply one recipe quantizer to a 2-D tensor; returns (values, packed, scales). None config = pass through."""
     if config is None:
         return t2d, None, None
-    rounding = config.rounding
-    if rounding == "ema" and ema2d is None:
-        rounding = "nearest"  # Q-EMA before its warm-up has finished
-    return quantize_2d(t2d, ROLE_LAYOUTS[role], config.fmt, config.scale_rule, rounding, ema2d=ema2d,
+    return quantize_2d(t2d, ROLE_LAYOUTS[role], config.fmt, config.scale_rule, config.rounding, ema2d=ema2d,
                        want_packed=want_packed, seed=seed)
 
 
-def _backward_seeds(recipe: Recipe, need_dx: bool, need_dw: bool) -> dict[str, tuple[int, int]]:
-    """Seeds of the stochastic backward quantizers that will run, drawn in the order Q3, Q4, Q5, Q6."""
+def qema_rounding_target(weight: torch.Tensor, weight_ema: torch.Tensor, ema_updates: torch.Tensor) -> torch.Tensor:
+    """What Q-EMA rounding of ``weight`` compares against: the EMA once ``ema_updates`` has reached
+    QEMA_WARMUP_UPDATES, before that the weight itself, with which "ema" rounding is exactly nearest rounding.
+    Chosen on the device, so the forward never reads the counter on the host."""
+    return torch.where(ema_updates >= QEMA_WARMUP_UPDATES, weight_ema, weight.detach().float())
+
+
+def _backward_seeds(recipe: Recipe, need_dx: bool, need_dw: bool,
+                    device: torch.device) -> dict[str, torch.Tensor]:
+    """Seed words of the stochastic backward quantizers that will run: one draw on ``device``, rows in the order
+    Q3, Q4, Q5, Q6 (as separate draws of two words each would give them)."""
     needed = {"q3": need_dx, "q4": need_dx, "q5": need_dw, "q6": need_dw}
-    return {role: draw_seed() for role in BACKWARD_ROLES
-            if needed[role] and getattr(recipe, role) is not None and getattr(recipe, role).rounding == "stochastic"}
+    roles = [role for role in BACKWARD_ROLES
+             if needed[role] and getattr(recipe, role) is not None and getattr(recipe, role).rounding == "stochastic"]
+    if not roles:
+        return {}
+    seeds = draw_seeds(len(roles), device)
+    return {role: seeds[i] for i, role in enumerate(roles)}
 
 
 def _quantize_grad_output(dy: torch.Tensor, recipe: Recipe, need_dx: bool, need_dw: bool,
-                          seeds: dict[str, tuple[int, int]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                          seeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Q3(dY) (1x32) and Q5(dY) (32x1), None where not needed; one read of dY when both use the same quantizer."""
     q3, q5 = recipe.q3, recipe.q5
     if need_dx and need_dw and q3 is not None and q3 == q5 and q3.rounding != "ema":
@@ -47,7 +57,7 @@ def _quantize_grad_output(dy: torch.Tensor, recipe: Recipe, need_dx: bool, need_
 
 def _backward_operand(saved: torch.Tensor, scales: torch.Tensor | None, packed_config: QuantizerConfig | None,
                       config: QuantizerConfig | None, role: str, shape: tuple[int, int], dtype: torch.dtype,
-                      seed: tuple[int, int] | None) -> torch.Tensor:
+                      seed: torch.Tensor | None) -> torch.Tensor:
     """Q4(W') or Q6(X'): the saved operand (full precision, or the forward's 1x32 packed Q2(W) / Q1(X)) quantized
     by ``config`` in 32x1 blocks; packed operands are dequantized and requantized in one pass."""
     if scales is None:
@@ -62,7 +72,8 @@ class MXLinearFunction(torch.autograd.Function):
     """Y = Q1(X) Q2(W)^T + b; dX = Q3(dY) Q4(W'); dW = Q5(dY)^T Q6(X'); db = sum(dY).
 
     W' / X' are Q2(W) / Q1(X) when ``recipe.double_quant`` (saved for backward in packed 4-bit form), else the
-    full-precision W / X. Stochastic quantizers draw their seeds in the order Q3, Q4, Q5, Q6.
+    full-precision W / X. Stochastic quantizers draw their seeds on dY's device in the order Q3, Q4, Q5, Q6.
+    ``weight_ema``: Q2's "ema" rounding target (``qema_rounding_target``), None for other recipes.
     """
 
     @staticmethod
@@ -94,7 +105,7 @@ class MXLinearFunction(torch.autograd.Function):
         dy = grad_out.reshape(-1, out_features).contiguous()
         rows, in_features = dy.shape[0], ctx.x_shape[-1]
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        seeds = _backward_seeds(recipe, need_dx, need_dw)
+        seeds = _backward_seeds(recipe, need_dx, need_dw, dy.device)
         g3, g5 = _quantize_grad_output(dy, recipe, need_dx, need_dw, seeds)
         grad_x = grad_w = grad_b = None
         if need_dx:
@@ -126,7 +137,6 @@ class QLinear(nn.Linear):
         if self.uses_qema:
             self.register_buffer("weight_ema", self.weight.detach().clone().float())
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
-            self._qema_active = False
         # Nagel et al. 2022 iterative freezing: per-weight tracking state (quantization.freeze), saved with the model.
         self.freeze_state = FreezeState(self.weight.shape, self.weight.device) if self.recipe.freeze is not None else None
 
@@ -159,15 +169,12 @@ class QLinear(nn.Linear):
         self.ema_updates += 1
 
     def qema_active(self) -> bool:
-        """Whether Q-EMA rounding is on: ``ema_updates`` has reached QEMA_WARMUP_UPDATES.
+        """Whether Q-EMA rounding is on: ``ema_updates`` has reached QEMA_WARMUP_UPDATES. Reads the counter on the
+        host (a sync): for reports and tests; the forward decides on the device (``qema_rounding_target``)."""
+        return self.uses_qema and int(self.ema_updates) >= QEMA_WARMUP_UPDATES
 
-        Latched on the host, so the device counter is read (a sync) only until it first passes. A copy whose buffers
-        are overwritten in place (timm's model EMA copies ``ema_updates``) catches up at its next forward; loading a
-        state dict re-evaluates the latch.
-        """
-        if self.uses_qema and not self._qema_active:
-            self._qema_active = int(self.ema_updates) >= QEMA_WARMUP_UPDATES
-        return self.uses_qema and self._qema_active
+    def _ema_target(self, weight: torch.Tensor) -> torch.Tensor | None:
+        return qema_rounding_target(weight, self.weight_ema, self.ema_updates) if self.uses_qema else None
 
     @torch.no_grad()
     def quantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -175,14 +182,8 @@ class QLinear(nn.Linear):
         the recipe's q2, with Q-EMA rounding once active; W itself when q2 is off. For measurements (oscillation
         metrics, Q-Ramping calibration, the Dampen target)."""
         weight = self.weight.detach() if dtype is None else self.weight.detach().to(dtype)
-        ema = self.weight_ema if self.qema_active() else None
-        values, _, _ = _quantize(weight.contiguous(), self.recipe.q2, "q2", ema2d=ema)
+        values, _, _ = _quantize(weight.contiguous(), self.recipe.q2, "q2", ema2d=self._ema_target(weight))
         return values
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self.uses_qema:
-            self._qema_active = int(self.ema_updates) >= QEMA_WARMUP_UPDATES
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.recipe.quantizes_anything:
@@ -190,9 +191,8 @@ class QLinear(nn.Linear):
         if self.recipe.op is not None:  # another paper's op replaces the six quantizers (quantization.registry)
             return linear_op(self.recipe.op).fn(x, self.weight, self.bias, self.recipe.op)
         x, weight, bias = autocast_operands(x, self.weight, self.bias)
-        ema = self.weight_ema if self.qema_active() else None
         with torch.autocast(x.device.type, enabled=False):
-            return MXLinearFunction.apply(x, weight, bias, self.recipe, ema)
+            return MXLinearFunction.apply(x, weight, bias, self.recipe, self._ema_target(weight))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe.name}"

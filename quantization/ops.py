@@ -1,15 +1,15 @@
 """Public quantization entry points: validate arguments, pick a backend, reshape to the 2-D view and back."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import Tuple, Union
 
 import torch
 
-from . import reference
+from . import custom_ops
+from .backends import check_backend
 from .formats import BLOCK_SIZE, check_layout, check_rounding, check_scale_rule, get_format
 
-BACKENDS = ("auto", "torch", "triton")
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -38,21 +38,6 @@ class MXTensor:
         return dequantize(self, backend=backend)
 
 
-def triton_interpreted() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _resolve_backend(backend: str, x: torch.Tensor) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "triton" if x.is_cuda else "torch"
-    if backend == "triton" and not x.is_cuda and not triton_interpreted():
-        raise RuntimeError("backend='triton' needs a CUDA tensor, or TRITON_INTERPRET=1 set before importing "
-                           "quantization to run the kernels on the CPU")
-    return backend
-
-
 def _check_dtype(x: torch.Tensor) -> None:
     if x.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d).replace("torch.", "") for d in SUPPORTED_DTYPES)
@@ -64,56 +49,54 @@ def _as_2d(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, cols).contiguous()
 
 
-def draw_seed() -> tuple[int, int]:
-    """Two 31-bit words from torch's default generator: torch.manual_seed makes stochastic rounding repeat."""
-    words = torch.randint(0, 2**31 - 1, (2,), dtype=torch.int64).tolist()
-    return words[0], words[1]
+Seed = Union[Tuple[int, int], torch.Tensor]
 
 
-def _seed_for(rounding: str, seed: tuple[int, int] | None) -> tuple[int, int]:
-    """The seed a kernel gets: ``seed``, else a fresh draw for stochastic rounding, else an unused (0, 0)."""
-    if seed is None and rounding == "stochastic":
-        return draw_seed()
-    return seed or (0, 0)
+def draw_seeds(count: int, device: "torch.device | str") -> torch.Tensor:
+    """``count`` pairs of 31-bit seed words (int64, shaped (count, 2)) drawn on ``device`` from torch's generator
+    of that device: no host value (CUDA-graph safe), and torch.manual_seed or a restored RNG state repeats them."""
+    return torch.randint(0, 2**31 - 1, (count, 2), dtype=torch.int64, device=device)
+
+
+def seed_words(seed: Seed | None, rounding: str, device: "torch.device | str") -> torch.Tensor | None:
+    """The seed tensor a stochastic quantizer reads: ``seed`` (two words, or a tensor of them on ``device``), else a
+    fresh draw; None for the other roundings, which use no seed."""
+    if rounding != "stochastic":
+        return None
+    if seed is None:
+        return draw_seeds(1, device)[0]
+    if isinstance(seed, torch.Tensor):
+        if seed.shape != (2,):
+            raise ValueError(f"a seed tensor holds two words, got shape {tuple(seed.shape)}")
+        return seed
+    return torch.tensor(seed, dtype=torch.int64, device=device)
 
 
 def quantize_2d(x2d: torch.Tensor, layout: str, fmt: str, scale_rule: str, rounding: str, *,
                 ema2d: torch.Tensor | None = None, backend: str = "auto", want_values: bool = True,
-                want_packed: bool = False, seed: tuple[int, int] | None = None):
+                want_packed: bool = False, seed: Seed | None = None):
     """Quantize a contiguous 2-D tensor (arguments already validated); returns (values, packed, scales), the ones
-    not asked for as None. Used by ``quantize`` and by the autograd Function, which wants both outputs in one pass."""
-    element = get_format(fmt)
-    seed = _seed_for(rounding, seed)
-    if _resolve_backend(backend, x2d) == "triton":
-        from . import kernels
-
-        return kernels.quantize_2d(x2d, element, layout, scale_rule, rounding, ema2d=ema2d, seed=seed,
-                                   want_values=want_values, want_packed=want_packed)
-    deq, codes, scales = reference.quantize_2d(x2d, element, layout, scale_rule, rounding, ema2d=ema2d, seed=seed,
-                                               want_codes=want_packed)
-    values = deq.to(x2d.dtype) if want_values else None
-    packed = reference.pack_nibbles(codes) if want_packed else None
-    return values, packed, (scales if want_packed else None)
+    not asked for as None. Used by ``quantize`` and by the autograd Function, which wants both outputs in one pass.
+    ``seed``: stochastic rounding's two seed words (default: drawn on x2d's device)."""
+    check_backend(backend)
+    values, packed, scales = custom_ops.quantize_2d(x2d, ema2d, seed_words(seed, rounding, x2d.device), layout, fmt,
+                                                    scale_rule, rounding, backend, want_values, want_packed)
+    return (values if want_values else None), (packed if want_packed else None), (scales if want_packed else None)
 
 
 def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: str, scale_rule: str, rounding: str, *,
-                             seeds: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None),
+                             seeds: tuple[Seed | None, Seed | None] = (None, None),
                              backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Values of a contiguous 2-D tensor quantized in 1x32 blocks and in 32x1 blocks (one read on the GPU): the
     backward pass's Q3 and Q5 of dY. Seeds default to two draws, in that order; "ema" rounding is not supported."""
     if rounding == "ema":
         raise ValueError("quantize_both_layouts_2d does not take rounding='ema' (it needs a per-call EMA tensor)")
-    seeds = tuple(_seed_for(rounding, seed) for seed in seeds)
-    if _resolve_backend(backend, x2d) == "triton":
-        from . import kernels
-
-        return kernels.quantize_both_layouts_2d(x2d, get_format(fmt), scale_rule, rounding, seeds=seeds)
-    rows_values, _, _ = quantize_2d(x2d, "1x32", fmt, scale_rule, rounding, backend="torch", seed=seeds[0])
-    cols_values, _, _ = quantize_2d(x2d, "32x1", fmt, scale_rule, rounding, backend="torch", seed=seeds[1])
-    return rows_values, cols_values
+    check_backend(backend)
+    rows_seed, cols_seed = (seed_words(seed, rounding, x2d.device) for seed in seeds)
+    return custom_ops.quantize_both_layouts_2d(x2d, rows_seed, cols_seed, fmt, scale_rule, rounding, backend)
 
 
-def requantize_2d(mx: MXTensor, fmt: str, scale_rule: str, rounding: str, *, seed: tuple[int, int] | None = None,
+def requantize_2d(mx: MXTensor, fmt: str, scale_rule: str, rounding: str, *, seed: Seed | None = None,
                   backend: str = "auto") -> torch.Tensor:
     """Values of a 1x32-packed MXTensor (2-D), dequantized to its dtype and quantized again in 32x1 blocks: the
     backward pass's Q6 of the saved Q1(X) and Q4 of the saved Q2(W), one pass on the GPU. No "ema" rounding."""
@@ -121,16 +104,10 @@ def requantize_2d(mx: MXTensor, fmt: str, scale_rule: str, rounding: str, *, see
         raise ValueError(f"requantize_2d reads the 1x32 packed layout, got {mx.layout!r}")
     if rounding == "ema":
         raise ValueError("requantize_2d does not take rounding='ema' (it needs a per-call EMA tensor)")
-    seed = _seed_for(rounding, seed)
-    rows, cols = mx.rows_cols
-    if _resolve_backend(backend, mx.packed) == "triton":
-        from . import kernels
-
-        return kernels.requantize_2d(mx.packed, mx.scales, get_format(mx.fmt), rows, cols, mx.dtype,
-                                     get_format(fmt), scale_rule, rounding, seed=seed)
-    values = reference.dequantize_2d(mx.packed, mx.scales, get_format(mx.fmt), "1x32", rows, cols).to(mx.dtype)
-    requantized, _, _ = quantize_2d(values, "32x1", fmt, scale_rule, rounding, backend="torch", seed=seed)
-    return requantized
+    check_backend(backend)
+    _, cols = mx.rows_cols
+    return custom_ops.requantize_2d(mx.packed, mx.scales, seed_words(seed, rounding, mx.packed.device), mx.fmt, cols,
+                                    mx.dtype, fmt, scale_rule, rounding, backend)
 
 
 def _validate(x: torch.Tensor, layout: str, fmt: str, scale_rule: str, rounding: str,
@@ -157,7 +134,7 @@ def quantize(x: torch.Tensor, layout: str = "1x32", fmt: str = "e2m1", scale_rul
 
     layout "1x32": blocks of 32 along the last dim; "32x1": blocks of 32 rows of the 2-D view that flattens all leading
     dims. scale_rule "rceil" (TetraJet; saturates where a value would round to Inf in x's dtype) or "floor" (OCP).
-    rounding "nearest" (ties away), "even", "stochastic" (seeded from torch's default generator), "ema" (Q-EMA:
+    rounding "nearest" (ties away), "even", "stochastic" (seeds drawn on x's device from torch's generator), "ema" (Q-EMA:
     ``ema`` chooses between the two grid neighbours of x; an all-zero block stays zero).
     backend "torch" (reference), "triton" (kernels), "auto" (Triton for CUDA tensors).
     """
@@ -190,12 +167,6 @@ def dequantize(mx: MXTensor, backend: str = "auto", dtype: torch.dtype | None = 
     if tuple(mx.packed.shape) != expected_packed or tuple(mx.scales.shape) != expected_scales:
         raise ValueError(f"corrupt MXTensor: packed {tuple(mx.packed.shape)} / scales {tuple(mx.scales.shape)}, "
                          f"expected {expected_packed} / {expected_scales} for shape {tuple(mx.shape)}")
-    element = get_format(mx.fmt)
-    out_dtype = dtype or mx.dtype
-    if _resolve_backend(backend, mx.packed) == "triton":
-        from . import kernels
-
-        y = kernels.dequantize_2d(mx.packed, mx.scales, element, mx.layout, rows, cols, out_dtype)
-    else:
-        y = reference.dequantize_2d(mx.packed, mx.scales, element, mx.layout, rows, cols).to(out_dtype)
+    check_backend(backend)
+    y = custom_ops.dequantize_2d(mx.packed, mx.scales, mx.fmt, mx.layout, cols, dtype or mx.dtype, backend)
     return y.view(mx.shape)

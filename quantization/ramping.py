@@ -30,7 +30,7 @@ from torch.optim.adamw import adamw as _torch_adamw
 from .hooks import MethodHook, Stateful, TrainingContext
 from .linear import QLinear
 from .oscillation import OSCILLATING_RATIO, OscillationRatio
-from .ops import triton_interpreted
+from .backends import triton_interpreted
 from .recipes import QRampingConfig, Recipe
 
 PERIOD_DTYPE = torch.int32

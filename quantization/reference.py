@@ -96,13 +96,13 @@ def _fmix32_middle_(h: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     return _xorshift_(h.mul_(_MIX1), 13, scratch).mul_(_MIX2)
 
 
-def _xorshift16(word: int) -> int:
-    """word ^ (word >>> 16) of a 32-bit word, for the seed words."""
-    word &= 0xFFFFFFFF
-    return word ^ (word >> 16)
+def _xorshift16(word: torch.Tensor) -> torch.Tensor:
+    """word ^ (word >>> 16) of a seed word (a 0-dim integer tensor; its low 32 bits), as an int32 tensor."""
+    word = word.to(torch.int32)
+    return word ^ ((word >> 16) & 0xFFFF)
 
 
-def _uniform_(h: torch.Tensor, seed: tuple[int, int]) -> torch.Tensor:
+def _uniform_(h: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """``uniform_from_index`` of the int32 indices h, computed in h's storage (returned as an fp32 view of it).
 
     With x16(h) = h ^ (h >>> 16), which is linear over GF(2) and its own inverse: x16(index ^ k0) = x16(index) ^
@@ -110,16 +110,17 @@ def _uniform_(h: torch.Tensor, seed: tuple[int, int]) -> torch.Tensor:
     are one xor with x16(k1).
     """
     scratch = torch.empty_like(h)
-    _xorshift_(h, 16, scratch).bitwise_xor_(_int32(_xorshift16(seed[0])))
-    _fmix32_middle_(h, scratch).bitwise_xor_(_int32(_xorshift16(seed[1])))
+    _xorshift_(h, 16, scratch).bitwise_xor_(_xorshift16(seed[0]))
+    _fmix32_middle_(h, scratch).bitwise_xor_(_xorshift16(seed[1]))
     _xorshift_(_fmix32_middle_(h, scratch), 16, scratch)
     shift, mask = _SHIFTS[8]
     draws = torch.bitwise_right_shift(h, shift, out=scratch).bitwise_and_(mask)
     return h.view(torch.float32).copy_(draws).mul_(_INV_2_24)
 
 
-def uniform_from_index(index: torch.Tensor, seed: tuple[int, int]) -> torch.Tensor:
-    """Counter-based uniform numbers in [0, 1) (24 bits) from a flat element index and a two-word seed.
+def uniform_from_index(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Counter-based uniform numbers in [0, 1) (24 bits) from a flat element index and a two-word seed (an integer
+    tensor of two words on index's device, read there: no host value).
 
     u = (fmix32(fmix32(index ^ k0) ^ k1) >> 8) * 2^-24, using 32-bit wrap-around arithmetic; the Triton kernels
     compute the same hash, so stochastic rounding is reproducible and identical on both backends.
@@ -247,7 +248,7 @@ def quantize_2d(
     rounding: str,
     *,
     ema2d: torch.Tensor | None = None,
-    seed: tuple[int, int] = (0, 0),
+    seed: torch.Tensor | None = None,
     want_codes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Quantize a 2-D tensor. Returns (dequantized fp32, element codes uint8 or None, biased E8M0 scales uint8).
@@ -255,6 +256,7 @@ def quantize_2d(
     The scales tensor has shape (rows, ceil(cols/32)) for 1x32 and (ceil(rows/32), cols) for 32x1; the codes (with
     ``want_codes``) are shaped like x2d. A block holding NaN or Inf dequantizes to all NaN, gets the NaN scale 255 and
     codes 0. The values are for x2d's dtype: rceil saturates those that would overflow it (``magnitude_limit``).
+    ``seed``: the two seed words of stochastic rounding (``uniform_from_index``), unused by the other roundings.
     """
     rows, cols = x2d.shape
     xb = _blocked(x2d.float(), layout)  # may be x2d itself: only read

@@ -232,10 +232,10 @@ def check_quantize(x: torch.Tensor, layout: str, fmt: str, rule: str, rounding: 
                    ema: torch.Tensor | None = None, device: str = "cpu") -> torch.Tensor:
     """The quantizing kernel on ``device`` against the CPU reference: values, packed codes and scales bit for bit.
     Returns the reference values."""
-    seed = SEEDS[LAYOUTS.index(layout)]
+    seed = torch.tensor(SEEDS[LAYOUTS.index(layout)])
     ref = quantize_2d(x, layout, fmt, rule, rounding, ema2d=ema, backend="torch", want_packed=True, seed=seed)
     ker = quantize_2d(x.to(device), layout, fmt, rule, rounding, ema2d=None if ema is None else ema.to(device),
-                      backend="triton", want_packed=True, seed=seed)
+                      backend="triton", want_packed=True, seed=seed.to(device))
     assert_bitwise_equal(ker[0].cpu(), ref[0])
     assert torch.equal(ker[1].cpu(), ref[1]) and torch.equal(ker[2].cpu(), ref[2]), (layout, fmt, rule, rounding)
     return ref[0]
@@ -247,7 +247,8 @@ def check_both_layouts(x: torch.Tensor, fmt: str, rule: str, rounding: str, *, d
     reference values (1x32, 32x1)."""
     from . import kernels  # Triton only when a kernel is checked
 
-    got = kernels.quantize_both_layouts_2d(x.to(device), get_format(fmt), rule, rounding, seeds=SEEDS, launch=launch)
+    seeds = tuple(torch.tensor(seed, device=device) for seed in SEEDS)
+    got = kernels.quantize_both_layouts_2d(x.to(device), get_format(fmt), rule, rounding, seeds=seeds, launch=launch)
     wants = tuple(quantize_2d(x, layout, fmt, rule, rounding, seed=seed, backend="torch")[0]
                   for layout, seed in zip(LAYOUTS, SEEDS))
     for values, want in zip(got, wants):
@@ -265,7 +266,8 @@ def check_requantize(x: torch.Tensor, fmt: str, rule: str, rounding: str, *, dev
     mx = quantize_packed(x, "1x32", "e1m2", "rceil", "nearest", backend="torch")
     assert_bitwise_equal(dequantize(mx), x)
     got = kernels.requantize_2d(mx.packed.to(device), mx.scales.to(device), get_format("e1m2"), *x.shape, x.dtype,
-                                get_format(fmt), rule, rounding, seed=SEEDS[1], launch=launch)
+                                get_format(fmt), rule, rounding, seed=torch.tensor(SEEDS[1], device=device),
+                                launch=launch)
     want = quantize_2d(x, "32x1", fmt, rule, rounding, seed=SEEDS[1], backend="torch")[0]
     assert_bitwise_equal(got.cpu(), want)
     return want

@@ -19,7 +19,8 @@ rounding is unbiased, E[Q(x)] = prescale * x exactly. Note that ``ops.quantize(0
 the same thing: it takes the scale from the amax of 0.75 x, which drops one binade when amax's significand is below 4/3,
 and then clips (e.g. amax = 1.2 * 2^k). Hence this module computes the scale itself, from ``reference`` building blocks
 (pure PyTorch, runs on any device; the Triton kernels are not used). The stochastic rounding uses the project's
-counter-based hash (``reference.uniform_from_index``) seeded by ``ops.draw_seed`` from torch's default generator.
+counter-based hash (``reference.uniform_from_index``) seeded by ``ops.seed_words`` from torch's generator of the
+tensor's device.
 
 Tails: the reduction dim is zero-padded to a multiple of ``hadamard_block`` before the transform. Because the padded
 dim is contracted by the GEMM, nothing has to be sliced back: zero rows/columns of both operands, mixed by the same
@@ -53,7 +54,7 @@ import torch.nn.functional as F
 
 from .amp import apply_linear_op
 from .formats import get_format
-from .ops import draw_seed
+from .ops import Seed, seed_words
 from .recipes import Recipe, register_recipe
 from .reference import _blocked, _unblocked, magnitude_limit, pow2, round_scaled, shared_exponent, uniform_from_index
 from .registry import register_linear_op
@@ -143,17 +144,17 @@ def random_hadamard(t: torch.Tensor, dim: int, signs: torch.Tensor, block: int) 
 
 
 def prescaled_quantize(x2d: torch.Tensor, layout: str, fmt: str = "e2m1", prescale: float = 0.75, *,
-                       seed: tuple[int, int] | None = None) -> torch.Tensor:
+                       seed: Seed | None = None) -> torch.Tensor:
     """MX quantization with stochastic rounding of ``prescale * x``, shared scale taken from the un-prescaled block:
     returns 2^s * SR(prescale * x / 2^s) in fp32, s = floor(log2 amax(x)) - emax (OCP) per block of 32
     (``layout`` "1x32": along a row; "32x1": down a column). E[result] = prescale * x; with prescale 3/4 and E2M1,
-    |prescale * x / 2^s| <= 6 always, so the format's clamp never acts. ``seed`` None: drawn from torch's default
-    generator. Non-finite blocks are not special-cased (gradients are assumed finite)."""
+    |prescale * x / 2^s| <= 6 always, so the format's clamp never acts. ``seed``: two seed words (or a tensor of them on
+    x2d's device); None: drawn from torch's generator of that device. Non-finite blocks are not special-cased (gradients
+    are assumed finite)."""
     element = get_format(fmt)
     if x2d.dim() != 2:
         raise ValueError(f"prescaled_quantize expects a 2-D tensor; got shape {tuple(x2d.shape)}")
-    if seed is None:
-        seed = draw_seed()
+    seed = seed_words(seed, "stochastic", x2d.device)
     rows, cols = x2d.shape
     xb = _blocked(x2d.float(), layout)
     amax = xb.abs().amax(dim=-1, keepdim=True)

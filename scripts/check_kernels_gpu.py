@@ -12,12 +12,13 @@ import argparse
 import itertools
 import sys
 import time
+from unittest import mock
 
 import torch
 
 from quantization import FORMATS, QLinear, dequantize, get_recipe, quantize, quantize_packed
 from quantization.formats import LAYOUTS, ROUNDINGS, SCALE_RULES
-from quantization.ops import quantize_both_layouts_2d, requantize_2d
+from quantization.ops import quantize_2d, quantize_both_layouts_2d, requantize_2d
 from quantization.recipes import ROLE_LAYOUTS
 from quantization.testing import (STOCHASTIC_BLOCK, as_layout, assert_bitwise_equal, both_ways, check_both_layouts,
                                   check_quantize, check_requantize, edge_matrix, grid_neighbours, max_bias_in_sigmas,
@@ -152,6 +153,11 @@ def stochastic_statistics(layout: str, dtype: torch.dtype) -> None:
     assert z < 5.0, f"bias of {z:.1f} sigma"
 
 
+def _cuda_seeds(count: int, device: torch.device) -> torch.Tensor:
+    """The backward's seed draw taken on the GPU for either device, so that CPU and GPU layers round alike."""
+    return torch.randint(0, 2**31 - 1, (count, 2), dtype=torch.int64, device="cuda").to(device)
+
+
 def qlinear_cuda_vs_cpu(recipe_name: str) -> None:
     recipe = get_recipe(recipe_name)
     torch.manual_seed(0)
@@ -166,7 +172,8 @@ def qlinear_cuda_vs_cpu(recipe_name: str) -> None:
         with torch.autocast(device, dtype=torch.bfloat16):
             y = layer(xi)
         torch.manual_seed(3)
-        y.backward(dy.to(device))
+        with mock.patch("quantization.linear.draw_seeds", _cuda_seeds):
+            y.backward(dy.to(device))
         grads.append((y.detach().float().cpu(), xi.grad.cpu(), layer.weight.grad.cpu()))
     # The GEMMs differ between CPU and cuBLAS (accumulation order), so compare the quantized operands exactly and
     # the products to GEMM precision.
@@ -177,10 +184,10 @@ def qlinear_cuda_vs_cpu(recipe_name: str) -> None:
     assert_bitwise_equal(xq_cpu, xq_gpu.cpu())
     for role in ("q3", "q5"):
         cfg = recipe.quantizer(role)
-        torch.manual_seed(1)
-        a = quantize(dy.reshape(-1, 1536), ROLE_LAYOUTS[role], cfg.fmt, cfg.scale_rule, cfg.rounding, backend="torch")
-        torch.manual_seed(1)
-        b = quantize(dy.reshape(-1, 1536).cuda(), ROLE_LAYOUTS[role], cfg.fmt, cfg.scale_rule, cfg.rounding)
+        dy2d = dy.reshape(-1, 1536)
+        a = quantize_2d(dy2d, ROLE_LAYOUTS[role], cfg.fmt, cfg.scale_rule, cfg.rounding, seed=(1, 2),
+                        backend="torch")[0]
+        b = quantize_2d(dy2d.cuda(), ROLE_LAYOUTS[role], cfg.fmt, cfg.scale_rule, cfg.rounding, seed=(1, 2))[0]
         assert_bitwise_equal(a, b.cpu())
 
 

@@ -173,8 +173,8 @@ def test_reference_matches_oracle(fmt, dtype):
         else:
             ema = ema.t().contiguous() if layout == "32x1" else ema
         seed = (2**31 - 5, 0x5BD1E995)
-        deq, codes, scales = reference.quantize_2d(x, element, layout, scale_rule, rounding, ema2d=ema, seed=seed,
-                                                   want_codes=True)
+        deq, codes, scales = reference.quantize_2d(x, element, layout, scale_rule, rounding, ema2d=ema,
+                                                   seed=torch.tensor(seed), want_codes=True)
         want = oracle_quantize(x.float().numpy(), element, layout, scale_rule, rounding, torch.finfo(dtype).max,
                                None if ema is None else ema.numpy(), seed)
         where = (fmt, dtype, layout, scale_rule, rounding)
@@ -194,7 +194,7 @@ def test_round_scaled_matches_oracle_with_limits_inf_and_nan(rounding):
     element = FORMATS["e2m1"]
     v = torch.cat([_tie_neighbours(element, torch.float32).view(-1) * 2.0**-k for k in (0, 5)])
     v = torch.cat([v, torch.tensor([float("inf"), -float("inf"), float("nan"), 1e30, -7.9, 3.6, -3.4])])
-    uniform = reference.uniform_from_index(torch.arange(v.numel()), (3, 4))
+    uniform = reference.uniform_from_index(torch.arange(v.numel()), torch.tensor([3, 4]))
     ema = v.nan_to_num(0.0, 0.0, 0.0).flip(0)
     for limit in (element.max_value, element.saturation_value):
         got = reference.round_scaled(v, element, rounding, limit=torch.tensor(limit), uniform=uniform,
@@ -207,8 +207,9 @@ def test_uniform_matches_fmix32():
     index = torch.cat([torch.arange(5000), torch.tensor([2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 7])])
     for seed in [(0, 0), (1, 1), (2**31 - 2, 11), (0xFFFFFFFF, 0x80000000)]:
         want = torch.from_numpy(oracle_uniform(index.numpy(), seed)).float()
-        assert torch.equal(reference.uniform_from_index(index, seed), want), seed
-        assert torch.equal(reference.uniform_from_index(index[:5000].int(), seed), want[:5000]), seed
+        words = torch.tensor(seed)
+        assert torch.equal(reference.uniform_from_index(index, words), want), seed
+        assert torch.equal(reference.uniform_from_index(index[:5000].int(), words), want[:5000]), seed
 
 
 def test_nearest_rounding_near_every_tie():

@@ -44,3 +44,26 @@ def test_seeded_from_torch_generator(backend):
     c = quantize(x, rounding="stochastic", backend=backend)
     assert not torch.equal(a, b)
     assert torch.equal(a, c)
+
+
+def test_backward_seeds_resume_exactly_from_a_checkpointed_rng_state(tmp_path):
+    """QLinear's stochastic backward draws its seeds on the operand's device from torch's generator, whose state
+    the trainer's checkpoints hold (training.rng_state): a restored state repeats the step bit for bit."""
+    from quantization import QLinear
+    from training import rng_state, set_rng_state
+
+    torch.manual_seed(3)
+    layer = QLinear(64, 48, recipe="tetrajet")
+    x = torch.randn(40, 64)
+
+    def grads():
+        layer.weight.grad = None
+        layer(x).square().sum().backward()
+        return layer.weight.grad.clone()
+
+    first = grads()
+    torch.save(rng_state(), tmp_path / "rng.pth")
+    second = grads()
+    set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True))
+    assert not torch.equal(first, second)
+    assert torch.equal(grads(), second)
