@@ -32,6 +32,7 @@ from .grid import block_scales, grid_index, index_value
 from .hooks import MethodHook, TrainingContext
 from .ops import quantize_2d
 from .recipes import FreezeConfig, QuantizerConfig, Recipe
+from .registry import register_layer_state
 
 
 class FreezeState(nn.Module):
@@ -144,3 +145,10 @@ class FreezeHook(MethodHook):
 def freeze_hook(recipe: Recipe) -> FreezeHook | None:
     """The hook of this method for ``recipe``, None if the recipe does not use it."""
     return FreezeHook() if recipe.freeze is not None else None
+
+
+def _freeze_layer_state(recipe: Recipe, weight: torch.Tensor) -> FreezeState | None:
+    return FreezeState(weight.shape, weight.device) if recipe.freeze is not None else None
+
+
+register_layer_state("freeze_state", _freeze_layer_state)

@@ -6,10 +6,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .amp import autocast_operands
-from .freeze import FreezeState
 from .ops import MXTensor, dequantize, draw_seeds, quantize_2d, quantize_both_layouts_2d, requantize_2d
 from .recipes import BACKWARD_ROLES, ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
-from .registry import linear_op
+from .registry import layer_states, linear_op
 
 QEMA_WARMUP_UPDATES = 10
 
@@ -137,8 +136,9 @@ class QLinear(nn.Linear):
         if self.uses_qema:
             self.register_buffer("weight_ema", self.weight.detach().clone().float())
             self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
-        # Nagel et al. 2022 iterative freezing: per-weight tracking state (quantization.freeze), saved with the model.
-        self.freeze_state = FreezeState(self.weight.shape, self.weight.device) if self.recipe.freeze is not None else None
+        # Methods' per-layer state (e.g. Freeze's ``freeze_state``; quantization.registry.register_layer_state).
+        for attribute, state in layer_states(self.recipe, self.weight).items():
+            setattr(self, attribute, state)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe: "str | Recipe") -> "QLinear":

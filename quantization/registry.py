@@ -1,4 +1,5 @@
-"""The Linear ops that replace a recipe's six quantizers (other papers' 4-bit recipes), found by their config's type.
+"""The Linear ops that replace a recipe's six quantizers (other papers' 4-bit recipes), found by their config's type;
+and the per-layer state that methods keep inside each QLinear.
 
 A baseline module registers its config class (a dataclass) and its op under the name that recipes and YAML files
 use as the key of that config; ``Recipe.op`` then holds a config instance and ``QLinear`` runs the op registered for
@@ -6,6 +7,11 @@ its type. The core (linear.py, recipes.py) imports no baseline: a new op is one 
 
     @register_linear_op("mine", MineConfig)
     def mine_linear(x, weight, bias, config): ...
+
+A method that tracks something per weight (Freeze) registers a factory instead, so that its state is built with the
+layer and saved in the model's state dict, without linear.py importing the method::
+
+    register_layer_state("mine_state", lambda recipe, weight: MineState(weight.shape) if recipe.mine else None)
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
+from torch import nn
 
 LinearOpFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", Any], torch.Tensor]
 
@@ -73,3 +80,23 @@ def linear_op(config: object) -> LinearOp:
             return op
     choices = ", ".join(f"{op.name}: {op.config_cls.__name__}" for op in _OPS.values()) or "none registered"
     raise TypeError(f"{type(config).__name__} is not the config of a registered linear op ({choices})")
+
+
+LayerStateFactory = Callable[[Any, torch.Tensor], "nn.Module | None"]
+_LAYER_STATES: dict[str, LayerStateFactory] = {}
+
+
+def register_layer_state(attribute: str, factory: LayerStateFactory) -> None:
+    """Every QLinear built from now on sets ``attribute`` to ``factory(recipe, weight)``: a module holding the
+    method's per-layer buffers (saved and loaded with the model), or None when the recipe does not use the method.
+    Raises ValueError for a name that is no identifier or already taken."""
+    if not attribute.isidentifier():
+        raise ValueError(f"layer state name {attribute!r} must be an identifier")
+    if attribute in _LAYER_STATES:
+        raise ValueError(f"layer state {attribute!r} is already registered")
+    _LAYER_STATES[attribute] = factory
+
+
+def layer_states(recipe: Any, weight: torch.Tensor) -> dict[str, "nn.Module | None"]:
+    """The registered per-layer states for a layer with ``recipe`` and ``weight``, by attribute name."""
+    return {attribute: factory(recipe, weight) for attribute, factory in _LAYER_STATES.items()}

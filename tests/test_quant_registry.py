@@ -102,7 +102,21 @@ def _registering_modules() -> set[str]:
 def test_the_core_imports_no_baseline(core):
     baselines = _registering_modules()
     assert {"tseng", "wang", "int4"} <= baselines
-    assert not _imported_modules(PACKAGE / f"{core}.py") & baselines
+    assert not _imported_modules(PACKAGE / f"{core}.py") & (baselines | {"freeze", "dampen"})
+
+
+def test_layer_state_is_built_by_its_registered_factory(monkeypatch):
+    monkeypatch.setattr(registry, "_LAYER_STATES", dict(registry._LAYER_STATES))
+    registry.register_layer_state("toy_state", lambda recipe, weight: torch.nn.Linear(1, 1) if recipe.name == "bf16"
+                                  else None)
+    assert isinstance(QLinear(32, 4, recipe="bf16").toy_state, torch.nn.Linear)
+    assert QLinear(32, 4, recipe="tetrajet").toy_state is None
+    assert "toy_state.weight" in QLinear(32, 4, recipe="bf16").state_dict()
+    assert QLinear(32, 4, recipe="tetrajet_freeze").freeze_state is not None
+    with pytest.raises(ValueError, match="'toy_state' is already registered"):
+        registry.register_layer_state("toy_state", lambda recipe, weight: None)
+    with pytest.raises(ValueError, match="must be an identifier"):
+        registry.register_layer_state("a-b", lambda recipe, weight: None)
 
 
 def test_registry_errors_name_the_bad_value_and_the_choices(monkeypatch):
