@@ -92,13 +92,12 @@ def eval_recipe(recipe: Recipe) -> Recipe:
 @torch.no_grad()
 def packed_weight(layer: QLinear, dtype: torch.dtype | None = None) -> MXTensor:
     """Q2(W) of ``layer`` in packed form, as its forward computes it: W cast to ``dtype`` (the autocast dtype; None:
-    W's own), quantized by q2, with Q-EMA rounding once active (before that, nearest, as QLinear does)."""
+    W's own), quantized by q2 against QLinear's own Q-EMA target (``QLinear.qema_target``: the EMA once active,
+    before that W itself, against which "ema" rounding is nearest)."""
     check_exportable(layer.recipe)
     q2 = layer.recipe.q2
     weight = layer.weight.detach().to(dtype or layer.weight.dtype).contiguous()
-    ema = layer.weight_ema if layer.qema_active() else None
-    rounding = "nearest" if q2.rounding == "ema" and ema is None else q2.rounding
-    return quantize_packed(weight, "1x32", q2.fmt, q2.scale_rule, rounding, ema=ema)
+    return quantize_packed(weight, "1x32", q2.fmt, q2.scale_rule, q2.rounding, ema=layer.qema_target(weight))
 
 
 def _autocast_consumed(model: nn.Module) -> set[str]:

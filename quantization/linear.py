@@ -173,7 +173,8 @@ class QLinear(nn.Linear):
         host (a sync): for reports and tests; the forward decides on the device (``qema_rounding_target``)."""
         return self.uses_qema and int(self.ema_updates) >= QEMA_WARMUP_UPDATES
 
-    def _ema_target(self, weight: torch.Tensor) -> torch.Tensor | None:
+    def qema_target(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """What Q2's "ema" rounding of ``weight`` compares against (``qema_rounding_target``); None without Q-EMA."""
         return qema_rounding_target(weight, self.weight_ema, self.ema_updates) if self.uses_qema else None
 
     @torch.no_grad()
@@ -182,7 +183,7 @@ class QLinear(nn.Linear):
         the recipe's q2, with Q-EMA rounding once active; W itself when q2 is off. For measurements (oscillation
         metrics, Q-Ramping calibration, the Dampen target)."""
         weight = self.weight.detach() if dtype is None else self.weight.detach().to(dtype)
-        values, _, _ = _quantize(weight.contiguous(), self.recipe.q2, "q2", ema2d=self._ema_target(weight))
+        values, _, _ = _quantize(weight.contiguous(), self.recipe.q2, "q2", ema2d=self.qema_target(weight))
         return values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -192,7 +193,7 @@ class QLinear(nn.Linear):
             return linear_op(self.recipe.op).fn(x, self.weight, self.bias, self.recipe.op)
         x, weight, bias = autocast_operands(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False):
-            return MXLinearFunction.apply(x, weight, bias, self.recipe, self._ema_target(weight))
+            return MXLinearFunction.apply(x, weight, bias, self.recipe, self.qema_target(weight))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe.name}"
