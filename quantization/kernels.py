@@ -327,8 +327,8 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols
                                   SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
                                   OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
     """One read, two quantizations: a band of 32 rows x BLOCK_C columns (2 * half_cols columns in all) quantized in
-    1x32 blocks (to y_rows, seed words at seed_rows_ptr) and in 32x1 blocks (to y_cols, at seed_cols_ptr), as a (rows, blocks, 16 pairs)
-    tile of element pairs. The backward pass's dY feeds Q3 and Q5 this way."""
+    1x32 blocks (to y_rows, seed words at seed_rows_ptr) and in 32x1 blocks (to y_cols, at seed_cols_ptr), as a
+    (rows, blocks, 16 pairs) tile of element pairs. The backward pass's dY feeds Q3 and Q5 this way."""
     row = _program_start(0, 32, WIDE) + tl.arange(0, 32)
     pair = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 32)[:, None] * 16 + tl.arange(0, 16)[None, :]
     row3 = row[:, None, None]

@@ -134,8 +134,8 @@ def quantize(x: torch.Tensor, layout: str = "1x32", fmt: str = "e2m1", scale_rul
 
     layout "1x32": blocks of 32 along the last dim; "32x1": blocks of 32 rows of the 2-D view that flattens all leading
     dims. scale_rule "rceil" (TetraJet; saturates where a value would round to Inf in x's dtype) or "floor" (OCP).
-    rounding "nearest" (ties away), "even", "stochastic" (seeds drawn on x's device from torch's generator), "ema" (Q-EMA:
-    ``ema`` chooses between the two grid neighbours of x; an all-zero block stays zero).
+    rounding "nearest" (ties away), "even", "stochastic" (seeds drawn on x's device from torch's generator), "ema"
+    (Q-EMA: ``ema`` chooses between the two grid neighbours of x; an all-zero block stays zero).
     backend "torch" (reference), "triton" (kernels), "auto" (Triton for CUDA tensors).
     """
     _validate(x, layout, fmt, scale_rule, rounding, ema)
