@@ -93,7 +93,7 @@ def checkpoint_weights(path: Path, weights: str) -> tuple[dict, int]:
     try:
         state = training.load(path)
     except CheckpointError as error:  # its hint on what remains speaks of --resume: keep only what is wrong
-        raise CheckpointError(str(error).split("; what remains:")[0]) from None
+        raise CheckpointError(error.message) from None
     key = WEIGHTS[weights][0]
     if "epoch" not in state or key not in state:
         raise CheckpointError(f"checkpoint {path} has no {key!r} or 'epoch' entry: not a checkpoint written by "

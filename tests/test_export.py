@@ -183,7 +183,8 @@ def test_run_directory_and_checkpoint_errors(tmp_path, capsys):
     save_config(tiny_config(run_dir), run_dir / "config.yaml")
     assert "has no checkpoint_last.pth; valid: none, no checkpoint was written" in error(run_dir)
     (run_dir / "checkpoint_last.pth").write_bytes(b"not a checkpoint")
-    assert "unreadable, truncated or not a checkpoint" in error(run_dir)
+    unreadable = error(run_dir)
+    assert "unreadable, truncated or not a checkpoint" in unreadable and "--resume" not in unreadable
     assert "has no checkpoint_best.pth; valid: --checkpoint last" in error(run_dir, "--checkpoint", "best")
     torch.save({"epoch": 0, "model": {}, "model_ema": None}, run_dir / "checkpoint_last.pth")
     assert "holds no model EMA (the run had train.model_ema off); valid: --weights model" in \

@@ -23,7 +23,14 @@ _UNREADABLE = (OSError, EOFError, RuntimeError, KeyError, ValueError, pickle.Unp
 
 
 class CheckpointError(Exception):
-    """A checkpoint that is missing, unreadable or does not fit the run: a user error (main.py exits with status 2)."""
+    """A checkpoint that is missing, unreadable or does not fit the run: a user error (main.py exits with status 2).
+
+    ``message`` says what is wrong; ``remains`` (optional) what the user can still do, appended as "; what remains:
+    ..." (a caller with other advice re-raises with ``message`` alone)."""
+
+    def __init__(self, message: str, remains: "str | None" = None) -> None:
+        super().__init__(message if remains is None else f"{message}; what remains: {remains}")
+        self.message, self.remains = message, remains
 
 
 def checkpoint_error(path: "str | Path", problem: str) -> CheckpointError:
@@ -33,7 +40,7 @@ def checkpoint_error(path: "str | Path", problem: str) -> CheckpointError:
     remains = (f"{', '.join(others)} in the same directory (--resume {path.parent / others[0]}), or " if others
                else "") + "a fresh start without --resume (in another --output to keep this run's files)"
     kept = " (the file is left as it was)" if path.exists() else ""
-    return CheckpointError(f"checkpoint {path}: {problem}{kept}; what remains: {remains}")
+    return CheckpointError(f"checkpoint {path}: {problem}{kept}", remains)
 
 
 def brief(error: BaseException, limit: int = 160) -> str:
