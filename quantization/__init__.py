@@ -11,20 +11,22 @@ __all__ = [
 ]
 from .linear import MXLinearFunction, QLinear
 from .recipes import RECIPES, ROLES, QuantizerConfig, Recipe, get_recipe, register_recipe
-from .registry import LinearOp, linear_op, linear_ops, register_linear_op
+from .registry import LinearOp, linear_op, linear_ops, method_configs, register_linear_op, register_method_config
 
 __all__ += ["MXLinearFunction", "QLinear", "RECIPES", "ROLES", "QuantizerConfig", "Recipe", "get_recipe",
-            "register_recipe", "LinearOp", "linear_op", "linear_ops", "register_linear_op"]
-from .dampen import dampen_hook, dampen_loss
+            "register_recipe", "LinearOp", "linear_op", "linear_ops", "method_configs", "register_linear_op",
+            "register_method_config"]
+from .dampen import DampenConfig, dampen_hook, dampen_loss
 from .ema import attach_qema, qema_hook
-from .freeze import attach_freeze, freeze_hook
+from .freeze import FreezeConfig, attach_freeze, freeze_hook
 from .hooks import MethodHook, TrainingContext, hooks_optimizer, method_hooks, register_method_hook
 from .oscillation import (OscillationMonitor, OscillationRatio, RateOfChange, block_output, nudged_output_change,
                           quant_conf)
-from .ramping import QRampingAdamW, QRampingCalibrator, qramping_hook
-from .recipes import DampenConfig, FreezeConfig, QRampingConfig
+from .ramping import QRampingAdamW, QRampingCalibrator, QRampingConfig, qramping_hook
 
-# The training-side parts of the methods, in the order their hooks attach: Q-EMA's step hook runs before Freeze's.
+# Importing a method module registers its config under its recipe key (Recipe.to_dict orders the keys by the position
+# each registers with, whatever the import order) and its named recipe. The training-side parts of the methods, in the
+# order their hooks attach: Q-EMA's step hook runs before Freeze's.
 register_method_hook(dampen_hook)
 register_method_hook(qema_hook)
 register_method_hook(freeze_hook)

@@ -11,10 +11,12 @@ choices of ``DampenConfig.aggregation``). The training loss becomes task loss + 
 
 Usage, once per training step (inside autocast is fine; the loss is computed in fp32)::
 
-    lam = recipe.dampen.weight_at(step / total_steps)
+    lam = recipe.method_config("dampen").weight_at(step / total_steps)
     loss = criterion(model(x), y) + dampen_loss(model, lam, dtype=torch.bfloat16)
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,12 +25,42 @@ from .formats import get_format
 from .grid import block_scales
 from .hooks import MethodHook, TrainingContext
 from .linear import QLinear
-from .recipes import DampenConfig, Recipe
+from .recipes import Recipe, get_recipe, register_recipe, require
+from .registry import register_method_config
+from .schedules import cosine_anneal
+
+DAMPEN_AGGREGATIONS = ("kernel_mean", "mean", "sum")
+
+
+@dataclass(frozen=True)
+class DampenConfig:
+    """Oscillation dampening (Nagel et al. 2022): loss weight * sum over layers of (1 / in_features) sum (sg(Q(W)) -
+    clip(W))^2 (``aggregation``: ``kernel_mean``, as their released scripts run; ``mean`` or ``sum`` otherwise), the
+    weight held at ``start`` until ``anneal_start`` (a fraction of training), then a cosine to ``final`` (their
+    defaults: 0 -> 0.1 from 25%)."""
+
+    start: float = 0.0
+    final: float = 0.1
+    anneal_start: float = 0.25
+    aggregation: str = "kernel_mean"
+
+    def __post_init__(self) -> None:
+        require(self.start >= 0 and self.final >= 0, "dampen.start/final", (self.start, self.final), ">= 0")
+        require(0.0 <= self.anneal_start < 1.0, "dampen.anneal_start", self.anneal_start, "in [0, 1)")
+        require(self.aggregation in DAMPEN_AGGREGATIONS, "dampen.aggregation", self.aggregation,
+                f"one of {', '.join(DAMPEN_AGGREGATIONS)}")
+
+    def weight_at(self, progress: float) -> float:
+        """The loss weight at ``progress`` (fraction of all training steps done, in [0, 1])."""
+        return cosine_anneal(self.start, self.final, progress, self.anneal_start)
+
+
+register_method_config("dampen", DampenConfig, position=20)
 
 
 def dampened_layers(model: nn.Module) -> list[QLinear]:
     """The QLinears of ``model`` whose recipe sets ``dampen``."""
-    return [m for m in model.modules() if isinstance(m, QLinear) and m.recipe.dampen is not None]
+    return [m for m in model.modules() if isinstance(m, QLinear) and m.recipe.method_config("dampen") is not None]
 
 
 def aggregate(aggregation: str, squared: torch.Tensor) -> torch.Tensor:
@@ -55,7 +87,7 @@ def dampen_loss(model: nn.Module, weight: float, dtype: torch.dtype | None = Non
             seen = layer.weight if dtype is None else layer.weight.to(dtype)
             bound = get_format(layer.recipe.q2.fmt).max_value * block_scales(seen, layer.recipe.q2)
             clipped = torch.minimum(torch.maximum(seen.float(), -bound), bound)
-            total = total + aggregate(layer.recipe.dampen.aggregation, (target - clipped).square())
+            total = total + aggregate(layer.recipe.method_config("dampen").aggregation, (target - clipped).square())
     return weight * total
 
 
@@ -78,4 +110,9 @@ class DampenHook(MethodHook):
 
 def dampen_hook(recipe: Recipe) -> DampenHook | None:
     """The hook of this method for ``recipe``, None if the recipe does not use it."""
-    return DampenHook(recipe.dampen) if recipe.dampen is not None else None
+    config = recipe.method_config("dampen")
+    return DampenHook(config) if config is not None else None
+
+
+# Tables 3 and 4.
+register_recipe(get_recipe("tetrajet").replace(name="tetrajet_dampen", dampen=DampenConfig()))

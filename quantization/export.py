@@ -86,7 +86,7 @@ def eval_recipe(recipe: Recipe) -> Recipe:
     rounding is not idempotent, so quantizing them again could change them) and its training-only parts removed.
     Q1 and the rest stay, so activations are quantized exactly as in the run's evaluation."""
     check_exportable(recipe)
-    return recipe.replace(name=f"{recipe.name}+{FORMAT}_weights", q2=None, qramping=None, dampen=None, freeze=None)
+    return recipe.replace(name=f"{recipe.name}+{FORMAT}_weights", q2=None, methods=())
 
 
 @torch.no_grad()

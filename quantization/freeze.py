@@ -22,6 +22,7 @@ Usage (the recipe's ``freeze`` config sets momentum and threshold schedule; QLin
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -31,8 +32,34 @@ from .formats import get_format
 from .grid import block_scales, grid_index, index_value
 from .hooks import MethodHook, TrainingContext
 from .ops import quantize_2d
-from .recipes import FreezeConfig, QuantizerConfig, Recipe
-from .registry import register_layer_state
+from .recipes import QuantizerConfig, Recipe, get_recipe, register_recipe, require
+from .registry import register_layer_state, register_method_config
+from .schedules import cosine_anneal
+
+
+@dataclass(frozen=True)
+class FreezeConfig:
+    """Iterative weight freezing (Nagel et al. 2022): a weight whose oscillation frequency (EMA with ``momentum`` of
+    grid flips that reverse the previous flip) exceeds the threshold is frozen; the threshold anneals by a cosine
+    from ``threshold_start`` to ``threshold_final`` (their 4-bit settings: 0.1 -> 0.01, momentum 0.01)."""
+
+    momentum: float = 0.01
+    threshold_start: float = 0.1
+    threshold_final: float = 0.01
+    anneal_start: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(0.0 < self.momentum <= 1.0, "freeze.momentum", self.momentum, "in (0, 1]")
+        require(self.threshold_start > 0 and self.threshold_final > 0, "freeze.threshold_start/final",
+                (self.threshold_start, self.threshold_final), "> 0")
+        require(0.0 <= self.anneal_start < 1.0, "freeze.anneal_start", self.anneal_start, "in [0, 1)")
+
+    def threshold_at(self, progress: float) -> float:
+        """The freezing threshold at ``progress`` (fraction of all training steps done, in [0, 1])."""
+        return cosine_anneal(self.threshold_start, self.threshold_final, progress, self.anneal_start)
+
+
+register_method_config("freeze", FreezeConfig, position=30)
 
 
 class FreezeState(nn.Module):
@@ -126,9 +153,10 @@ def attach_freeze(model: nn.Module, optimizer: torch.optim.Optimizer, total_step
         raise ValueError(f"{type(model).__name__} has no QLinear whose recipe sets 'freeze' (e.g. tetrajet_freeze)")
 
     def hook(opt, args, kwargs) -> None:
-        threshold = _threshold(layers[0].recipe.freeze, layers[0].freeze_state.updates, total_steps)
+        threshold = _threshold(layers[0].recipe.method_config("freeze"), layers[0].freeze_state.updates, total_steps)
         for layer in layers:
-            layer.freeze_state.update(layer.weight, layer.recipe.q2, layer.recipe.freeze, threshold, dtype)
+            layer.freeze_state.update(layer.weight, layer.recipe.q2, layer.recipe.method_config("freeze"), threshold,
+                                      dtype)
 
     return optimizer.register_step_post_hook(hook)
 
@@ -144,11 +172,13 @@ class FreezeHook(MethodHook):
 
 def freeze_hook(recipe: Recipe) -> FreezeHook | None:
     """The hook of this method for ``recipe``, None if the recipe does not use it."""
-    return FreezeHook() if recipe.freeze is not None else None
+    return FreezeHook() if recipe.method_config("freeze") is not None else None
 
 
 def _freeze_layer_state(recipe: Recipe, weight: torch.Tensor) -> FreezeState | None:
-    return FreezeState(weight.shape, weight.device) if recipe.freeze is not None else None
+    return FreezeState(weight.shape, weight.device) if recipe.method_config("freeze") is not None else None
 
 
 register_layer_state("freeze_state", _freeze_layer_state)
+# Table 4.
+register_recipe(get_recipe("tetrajet").replace(name="tetrajet_freeze", freeze=FreezeConfig()))

@@ -31,11 +31,35 @@ from .hooks import MethodHook, Stateful, TrainingContext
 from .linear import QLinear
 from .oscillation import OSCILLATING_RATIO, OscillationRatio
 from .backends import triton_interpreted
-from .recipes import QRampingConfig, Recipe
+from .recipes import Recipe, get_recipe, register_recipe, require
+from .registry import register_method_config
 
 PERIOD_DTYPE = torch.int32
 BACKENDS = ("auto", "torch", "triton")
 RAMPING_STATE = ("update_period", "accum_count", "grad_accum")
+
+
+@dataclasses.dataclass(frozen=True)
+class QRampingConfig:
+    """Q-Ramping (docs/methods.md#q-ramping): every ``interval`` steps (None: at each epoch start) ``calib_steps``
+    plain-AdamW steps measure each weight's oscillation ratio R_w; its update period becomes
+    k2 * floor(R_w / k1) + 1."""
+
+    k1: float = 16.0
+    k2: int = 5
+    calib_steps: int = 30
+    interval: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.k1 > 0, "qramping.k1", self.k1, "> 0")
+        require(isinstance(self.k2, int) and self.k2 >= 0, "qramping.k2", self.k2, "an integer >= 0")
+        require(isinstance(self.calib_steps, int) and self.calib_steps >= 1, "qramping.calib_steps",
+                self.calib_steps, "an integer >= 1")
+        require(self.interval is None or (isinstance(self.interval, int) and self.interval >= 1),
+                "qramping.interval", self.interval, "null (each epoch) or an integer >= 1")
+
+
+register_method_config("qramping", QRampingConfig, position=10)
 
 
 @torch.no_grad()
@@ -277,7 +301,7 @@ class QRampingCalibrator:
 
     ``model``: the training model unwrapped from DDP (its QLinears with a weight quantizer are measured);
     ``steps_per_epoch``: caps the periods and is the default interval; ``config``: k1, k2, T0 (``calib_steps``)
-    and the interval (default: the first QLinear's ``recipe.qramping``); ``amp_dtype``: the autocast dtype of the
+    and the interval (default: the first QLinear's ``recipe.method_config("qramping")``); ``amp_dtype``: the autocast dtype of the
     forward (its weight quantizer sees W in that dtype).
 
     Example, in the training loop (``train_step`` = forward, backward, clip, ``scaler.step(optimizer)``,
@@ -302,7 +326,7 @@ class QRampingCalibrator:
         self.layers = [m for m in model.modules() if isinstance(m, QLinear) and m.recipe.q2 is not None]
         if not self.layers:
             raise ValueError(f"{type(model).__name__} has no QLinear with a weight quantizer to calibrate")
-        self.config = config or self.layers[0].recipe.qramping or QRampingConfig()
+        self.config = config or self.layers[0].recipe.method_config("qramping") or QRampingConfig()
         self.model, self.optimizer = model, optimizer
         self.steps_per_epoch, self.amp_dtype = steps_per_epoch, amp_dtype
         self.interval = self.config.interval or steps_per_epoch
@@ -373,4 +397,9 @@ class QRampingHook(MethodHook):
 
 def qramping_hook(recipe: Recipe) -> QRampingHook | None:
     """The hook of this method for ``recipe``, None if the recipe does not use it."""
-    return QRampingHook(recipe.qramping) if recipe.qramping is not None else None
+    config = recipe.method_config("qramping")
+    return QRampingHook(config) if config is not None else None
+
+
+# Table 2 (and, with other k1 and k2, Table 10).
+register_recipe(get_recipe("tetrajet").replace(name="tetrajet_qramping", qramping=QRampingConfig()))

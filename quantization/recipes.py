@@ -5,20 +5,20 @@ dX = Q3(dY) Q4(W') with Q3 1x32 along C and Q4 32x1 along C; dW = Q5(dY)^T Q6(X'
 With ``double_quant`` W' = Q2(W) and X' = Q1(X) (TetraJet), otherwise the full-precision W and X (Microscaling).
 A quantizer set to None passes its tensor through unchanged.
 
-Besides the quantizers, a recipe names the training-side parts of a method: the Q-EMA decay (used when q2 rounds with
-"ema"), Q-Ramping (``qramping``) and the two baselines of Nagel et al. 2022 (``dampen``, ``freeze``). They are data
-here; quantization.ema, .ramping, .dampen and .freeze act on them. Instead of the six quantizers a recipe may hold
-the config of a registered Linear op (``op``, quantization.registry: Tseng et al., Wang et al., INT4), written in
-YAML and ``to_dict`` under the op's name (``tseng: {...}``); this module imports none of them.
+Besides the quantizers, a recipe holds the Q-EMA decay (used when q2 rounds with "ema") and the configs of the
+training-side methods registered with quantization.registry.register_method_config (``methods``; Q-Ramping, Dampen,
+Freeze), written in YAML and ``to_dict`` under the method's name (``dampen: {...}``) and read with
+``recipe.method_config(name)``. Instead of the six quantizers a recipe may hold the config of a registered Linear op
+(``op``: Tseng et al., Wang et al., INT4), written under the op's name (``tseng: {...}``). This module imports no
+method and no op; their modules register them and their named recipes.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 
 from .formats import check_rounding, check_scale_rule, get_format
-from .registry import linear_op, linear_ops, reserve_names
+from .registry import linear_op, linear_ops, method_config_name, method_configs, reserve_names
 
 ROLES = ("q1", "q2", "q3", "q4", "q5", "q6")
 ROLE_LAYOUTS = {"q1": "1x32", "q2": "1x32", "q3": "1x32", "q4": "32x1", "q5": "32x1", "q6": "32x1"}
@@ -40,96 +40,16 @@ class QuantizerConfig:
         check_rounding(self.rounding)
 
 
-def _require(ok: bool, what: str, value: object, rule: str) -> None:
+def require(ok: bool, what: str, value: object, rule: str) -> None:
+    """ValueError ``<what> must be <rule>, got <value>`` unless ``ok`` (how recipes and method configs check)."""
     if not ok:
         raise ValueError(f"{what} must be {rule}, got {value!r}")
-
-
-def cosine_anneal(start: float, final: float, progress: float, anneal_start: float = 0.0) -> float:
-    """``start`` until ``anneal_start`` (a fraction of training), then a cosine from ``start`` to ``final`` at
-    progress 1 (the schedule Nagel et al. 2022 use for the dampening weight and the freezing threshold)."""
-    if progress <= anneal_start:
-        return start
-    t = min((progress - anneal_start) / (1.0 - anneal_start), 1.0)
-    return final + 0.5 * (start - final) * (1.0 + math.cos(math.pi * t))
-
-
-@dataclass(frozen=True)
-class QRampingConfig:
-    """Q-Ramping (docs/methods.md#q-ramping): every ``interval`` steps (None: at each epoch start) ``calib_steps``
-    plain-AdamW steps measure each weight's oscillation ratio R_w; its update period becomes
-    k2 * floor(R_w / k1) + 1."""
-
-    k1: float = 16.0
-    k2: int = 5
-    calib_steps: int = 30
-    interval: int | None = None
-
-    def __post_init__(self) -> None:
-        _require(self.k1 > 0, "qramping.k1", self.k1, "> 0")
-        _require(isinstance(self.k2, int) and self.k2 >= 0, "qramping.k2", self.k2, "an integer >= 0")
-        _require(isinstance(self.calib_steps, int) and self.calib_steps >= 1, "qramping.calib_steps",
-                 self.calib_steps, "an integer >= 1")
-        _require(self.interval is None or (isinstance(self.interval, int) and self.interval >= 1),
-                 "qramping.interval", self.interval, "null (each epoch) or an integer >= 1")
-
-
-DAMPEN_AGGREGATIONS = ("kernel_mean", "mean", "sum")
-
-
-@dataclass(frozen=True)
-class DampenConfig:
-    """Oscillation dampening (Nagel et al. 2022): loss weight * sum over layers of (1 / in_features) sum (sg(Q(W)) -
-    clip(W))^2 (``aggregation``: ``kernel_mean``, as their released scripts run; ``mean`` or ``sum`` otherwise), the
-    weight held at ``start`` until ``anneal_start`` (a fraction of training), then a cosine to ``final`` (their
-    defaults: 0 -> 0.1 from 25%)."""
-
-    start: float = 0.0
-    final: float = 0.1
-    anneal_start: float = 0.25
-    aggregation: str = "kernel_mean"
-
-    def __post_init__(self) -> None:
-        _require(self.start >= 0 and self.final >= 0, "dampen.start/final", (self.start, self.final), ">= 0")
-        _require(0.0 <= self.anneal_start < 1.0, "dampen.anneal_start", self.anneal_start, "in [0, 1)")
-        _require(self.aggregation in DAMPEN_AGGREGATIONS, "dampen.aggregation", self.aggregation,
-                 f"one of {', '.join(DAMPEN_AGGREGATIONS)}")
-
-    def weight_at(self, progress: float) -> float:
-        """The loss weight at ``progress`` (fraction of all training steps done, in [0, 1])."""
-        return cosine_anneal(self.start, self.final, progress, self.anneal_start)
-
-
-@dataclass(frozen=True)
-class FreezeConfig:
-    """Iterative weight freezing (Nagel et al. 2022): a weight whose oscillation frequency (EMA with ``momentum`` of
-    grid flips that reverse the previous flip) exceeds the threshold is frozen; the threshold anneals by a cosine
-    from ``threshold_start`` to ``threshold_final`` (their 4-bit settings: 0.1 -> 0.01, momentum 0.01)."""
-
-    momentum: float = 0.01
-    threshold_start: float = 0.1
-    threshold_final: float = 0.01
-    anneal_start: float = 0.0
-
-    def __post_init__(self) -> None:
-        _require(0.0 < self.momentum <= 1.0, "freeze.momentum", self.momentum, "in (0, 1]")
-        _require(self.threshold_start > 0 and self.threshold_final > 0, "freeze.threshold_start/final",
-                 (self.threshold_start, self.threshold_final), "> 0")
-        _require(0.0 <= self.anneal_start < 1.0, "freeze.anneal_start", self.anneal_start, "in [0, 1)")
-
-    def threshold_at(self, progress: float) -> float:
-        """The freezing threshold at ``progress`` (fraction of all training steps done, in [0, 1])."""
-        return cosine_anneal(self.threshold_start, self.threshold_final, progress, self.anneal_start)
-
-
-# Fields of Recipe that hold a nested config, and its class (for from_dict).
-_NESTED = {"qramping": QRampingConfig, "dampen": DampenConfig, "freeze": FreezeConfig}
 
 
 @dataclass(frozen=True)
 class _RecipeFields:
     """The fields of a Recipe (documented there), in a base class so that Recipe's own ``__init__`` can take an op's
-    config under the op's name before the generated one sets them."""
+    or a method's config under its name before the generated one sets them."""
 
     name: str
     q1: QuantizerConfig | None = None
@@ -140,9 +60,7 @@ class _RecipeFields:
     q6: QuantizerConfig | None = None
     double_quant: bool = True
     qema_beta: float = 0.998  # Q-EMA decay (the paper's default; Table 8 tunes it); used only when q2 rounds with "ema"
-    qramping: QRampingConfig | None = None
-    dampen: DampenConfig | None = None
-    freeze: FreezeConfig | None = None
+    methods: tuple = field(default=(), kw_only=True)  # registered methods' configs (quantization.registry), in order
     op: object | None = field(default=None, kw_only=True)  # a registered Linear op's config (quantization.registry)
 
 
@@ -169,6 +87,33 @@ def _op_keywords(recipe: str, kwargs: dict) -> dict:
     return kwargs
 
 
+def _plain(config: object | None) -> dict | None:
+    return None if config is None else dataclasses.asdict(config)
+
+
+def _method_keywords(recipe: str, kwargs: dict) -> dict:
+    """``kwargs`` with the method configs given under their method's name (``dampen=DampenConfig()``, None to drop)
+    merged into ``methods``, which then holds one config per method, in the registered order."""
+    registered = method_configs()
+    configs = {}
+    for config in kwargs.get("methods", ()):
+        try:
+            name = method_config_name(config)
+        except TypeError as error:
+            raise TypeError(f"recipe {recipe!r}: methods: {error}") from None
+        if name in configs:
+            raise ValueError(f"recipe {recipe!r}: methods holds two configs of {name}")
+        configs[name] = config
+    for name in [key for key in registered if key in kwargs]:
+        config = kwargs.pop(name)
+        if config is not None and type(config) is not registered[name].config_cls:
+            raise TypeError(f"recipe {recipe!r}: {name} must be a {registered[name].config_cls.__name__} or None, "
+                            f"got {config!r}")
+        configs[name] = config
+    kwargs["methods"] = tuple(configs[name] for name in registered if configs.get(name) is not None)
+    return kwargs
+
+
 class Recipe(_RecipeFields):
     """Per-quantizer settings of a quantized Linear; ``None`` switches a quantizer off.
 
@@ -176,10 +121,14 @@ class Recipe(_RecipeFields):
     replaces the six quantizers and combines with no other setting. Under the op's name it is also an argument and
     an attribute: ``Recipe("t", tseng=TsengConfig())``; ``recipe.tseng`` is the config, or None when the recipe holds
     another op or none.
+
+    ``methods`` holds the configs of registered training-side methods (Q-Ramping, Dampen, Freeze), each also an
+    argument under the method's name: ``Recipe("t", q2=..., dampen=DampenConfig())``; ``recipe.method_config("dampen")``
+    reads it (None when the recipe does not use the method). Every method acts on the quantized weights (needs q2).
     """
 
     def __init__(self, name: str, *args, **kwargs) -> None:
-        super().__init__(name, *args, **_op_keywords(name, kwargs))
+        super().__init__(name, *args, **_method_keywords(name, _op_keywords(name, kwargs)))
         self._check()
 
     def _check(self) -> None:
@@ -190,20 +139,18 @@ class Recipe(_RecipeFields):
             if config is not None and config.rounding == "ema" and role != "q2":
                 raise ValueError(f"recipe {self.name!r}: rounding 'ema' (Q-EMA) acts on the weight quantizer q2 "
                                  f"only, not on {role}")
-        _require(0.0 < self.qema_beta < 1.0, f"recipe {self.name!r}: qema_beta", self.qema_beta, "in (0, 1)")
-        for key, cls in _NESTED.items():
-            config = getattr(self, key)
-            if config is not None and not isinstance(config, cls):
-                raise TypeError(f"recipe {self.name!r}: {key} must be a {cls.__name__} or None, got {config!r}")
-            if config is not None and self.q2 is None:
-                raise ValueError(f"recipe {self.name!r}: {key} acts on quantized weights, but the weight quantizer "
-                                 f"q2 is off")
+        require(0.0 < self.qema_beta < 1.0, f"recipe {self.name!r}: qema_beta", self.qema_beta, "in (0, 1)")
+        for config in self.methods:
+            if self.q2 is None:
+                raise ValueError(f"recipe {self.name!r}: {method_config_name(config)} acts on quantized weights, but "
+                                 f"the weight quantizer q2 is off")
         if self.op is not None:
             try:
                 op_name = linear_op(self.op).name
             except TypeError as error:
                 raise TypeError(f"recipe {self.name!r}: op: {error}") from None
-            others = [key for key in (*ROLES, *_NESTED) if getattr(self, key) is not None]
+            others = [role for role in ROLES if getattr(self, role) is not None]
+            others += [method_config_name(config) for config in self.methods]
             if others:
                 raise _combination_error(self.name, op_name, others)
 
@@ -213,6 +160,14 @@ class Recipe(_RecipeFields):
         if op is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return self.op if type(self.op) is op.config_cls else None
+
+    def method_config(self, name: str) -> object | None:
+        """This recipe's config of the registered method ``name`` (``"dampen"``, ...), None if it does not use it;
+        ValueError for a name no method has registered."""
+        registered = method_configs()
+        if name not in registered:
+            raise ValueError(f"unknown method {name!r}; valid choices: {', '.join(registered)}")
+        return next((c for c in self.methods if type(c) is registered[name].config_cls), None)
 
     def quantizer(self, role: str) -> QuantizerConfig | None:
         if role not in ROLES:
@@ -247,24 +202,27 @@ class Recipe(_RecipeFields):
         return self.replace(name=name or f"{self.name}_only_{'_'.join(roles)}", **changes)
 
     def to_dict(self) -> dict:
-        """Plain data that ``from_dict`` reads back: the fields but ``op``, then one key per registered op (in
-        registration order) holding this recipe's op config under its name and None under the others."""
+        """Plain data that ``from_dict`` reads back: the fields but ``methods`` and ``op``, then one key per
+        registered method (in their order) and one per registered op (in registration order), each holding this
+        recipe's config of it or None."""
         data = dataclasses.asdict(self)
-        config = data.pop("op")
-        data.update({name: config if type(self.op) is op.config_cls else None for name, op in linear_ops().items()})
+        del data["methods"], data["op"]
+        data.update({name: _plain(self.method_config(name)) for name in method_configs()})
+        data.update({name: _plain(self.op if type(self.op) is op.config_cls else None)
+                     for name, op in linear_ops().items()})
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
         """Build a recipe from plain data (e.g. a YAML method file; an op's config under the op's name); unknown
         keys are rejected."""
-        ops = linear_ops()
-        valid = {f.name for f in dataclasses.fields(cls) if f.name != "op"} | set(ops)
+        ops, methods = linear_ops(), method_configs()
+        valid = {f.name for f in dataclasses.fields(cls) if f.name not in ("methods", "op")} | set(methods) | set(ops)
         unknown = set(data) - valid
         if unknown:
             raise ValueError(f"unknown recipe keys {sorted(unknown)}; valid keys: {', '.join(sorted(valid))}")
         fields = dict(data)
-        nested = {**{role: QuantizerConfig for role in ROLES}, **_NESTED,
+        nested = {**{role: QuantizerConfig for role in ROLES}, **{name: m.config_cls for name, m in methods.items()},
                   **{name: op.config_cls for name, op in ops.items()}}
         for key, config_cls in nested.items():
             config = fields.get(key)
@@ -314,17 +272,13 @@ def _build_registry() -> dict[str, Recipe]:
     for fwd_fmt in ("e2m1", "e3m0"):
         for bwd_fmt in ("e2m1", "e3m0"):
             recipes.append(_tetrajet(f"table7_{fwd_fmt}_{bwd_fmt}", fwd_fmt=fwd_fmt, bwd_fmt=bwd_fmt))
-    # Table 2 (Q-EMA, Q-Ramping) and Tables 3-4 (the oscillation baselines of Nagel et al. 2022).
-    recipes += [
-        tetrajet.replace(name="tetrajet_qema", q2=dataclasses.replace(tetrajet.q2, rounding="ema")),
-        tetrajet.replace(name="tetrajet_qramping", qramping=QRampingConfig()),
-        tetrajet.replace(name="tetrajet_dampen", dampen=DampenConfig()),
-        tetrajet.replace(name="tetrajet_freeze", freeze=FreezeConfig()),
-    ]
+    # Table 2: Q-EMA.
+    recipes.append(tetrajet.replace(name="tetrajet_qema", q2=dataclasses.replace(tetrajet.q2, rounding="ema")))
     return {recipe.name: recipe for recipe in recipes}
 
 
-# The named recipes; those of other papers (tseng, wang, int4) are added by their own modules (register_recipe).
+# The named recipes; those of the methods (tetrajet_qramping, ...) and of other papers (tseng, wang, int4) are added
+# by their own modules (register_recipe).
 RECIPES: dict[str, Recipe] = _build_registry()
 
 

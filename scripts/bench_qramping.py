@@ -144,7 +144,7 @@ def calibration_row(batch: int, steps_per_epoch: int, calib_steps: int) -> dict:
         train_step()
     torch.cuda.synchronize()
     step_s = (time.perf_counter() - start) / reps
-    config = get_recipe("tetrajet_qramping").qramping
+    config = get_recipe("tetrajet_qramping").method_config("qramping")
     calibrator = QRampingCalibrator(model, optimizer, steps_per_epoch, replace(config, calib_steps=calib_steps),
                                     amp_dtype=torch.bfloat16)
     record = calibrator.calibrate(train_step)

@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 from quantization import QLinear, QuantizerConfig, get_recipe
-from quantization.dampen import dampen_loss
-from quantization.freeze import _threshold, attach_freeze, frozen_share
-from quantization.recipes import DampenConfig, FreezeConfig
+from quantization.dampen import DampenConfig, dampen_loss
+from quantization.freeze import FreezeConfig, _threshold, attach_freeze, frozen_share
 
 
 def _layer(values, recipe):

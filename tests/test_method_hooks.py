@@ -32,7 +32,7 @@ def test_each_recipe_gets_the_hooks_of_its_methods(name, expected):
 
 def test_hooks_of_several_methods_come_in_registration_order():
     recipe = get_recipe("tetrajet_qema").replace(name="all", freeze=FreezeConfig(), dampen=DampenConfig(),
-                                                 qramping=get_recipe("tetrajet_qramping").qramping)
+                                                 qramping=get_recipe("tetrajet_qramping").method_config("qramping"))
     assert [hook.name for hook in method_hooks(recipe)] == ["Dampen", "Q-EMA", "Freeze", "Q-Ramping"]
     assert hooks_optimizer(method_hooks(recipe)) is QRampingAdamW
 
@@ -93,7 +93,7 @@ def test_freeze_hook_attaches_freezing_with_the_run_length_and_dtype():
 
 def test_dampen_hook_adds_the_scheduled_loss_term():
     model, optimizer, (hook,) = _attached("tetrajet_dampen")
-    config = get_recipe("tetrajet_dampen").dampen
+    config = get_recipe("tetrajet_dampen").method_config("dampen")
     for step in (0, 6, 15):
         expected = dampen_loss(model, config.weight_at(step / TOTAL_STEPS), torch.bfloat16)
         assert torch.equal(hook.extra_loss(step), expected)
@@ -101,7 +101,7 @@ def test_dampen_hook_adds_the_scheduled_loss_term():
 
 
 def test_qramping_hook_calibrates_as_the_calibrator_does():
-    config = get_recipe("tetrajet_qramping").qramping
+    config = get_recipe("tetrajet_qramping").method_config("qramping")
     (hook,) = method_hooks(get_recipe("tetrajet_qramping"))
     assert hook.optimizer is QRampingAdamW and hook.calibration_steps == config.calib_steps
     hook.calibration_steps = 4  # as scripts/bench.py's --calib-steps does, before attach

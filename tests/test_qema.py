@@ -189,7 +189,8 @@ def test_method_configs_resolve_to_the_paper_settings():
     for model, beta in TABLE8_BETA.items():
         assert recipe(f"tuned/tetrajet_qema_{model}") == get_recipe("tetrajet_qema").replace(qema_beta=beta)
     for model, k2 in TABLE8_K2.items():
-        assert recipe(f"tuned/tetrajet_qramping_{model}").qramping.k2 == k2
+        assert recipe(f"tuned/tetrajet_qramping_{model}").method_config("qramping").k2 == k2
     assert recipe("tetrajet_qema", "method.recipe.qema_beta=0.993").qema_beta == 0.993  # Table 9 sweep
     swept = recipe("tetrajet_qramping", "method.recipe.qramping.k1=8", "method.recipe.qramping.k2=3")
-    assert (swept.qramping.k1, swept.qramping.k2, swept.qramping.calib_steps) == (8, 3, 30)  # Table 10 sweep
+    config = swept.method_config("qramping")
+    assert (config.k1, config.k2, config.calib_steps) == (8, 3, 30)  # Table 10 sweep

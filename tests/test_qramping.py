@@ -9,8 +9,7 @@ import torch
 from torch import nn
 
 from quantization import QLinear, get_recipe
-from quantization.ramping import QRampingAdamW, QRampingCalibrator, update_periods_from_ratio
-from quantization.recipes import QRampingConfig
+from quantization.ramping import QRampingAdamW, QRampingCalibrator, QRampingConfig, update_periods_from_ratio
 
 HYPER = dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
 SHAPES = [(40, 70), (33,), (5, 3, 4)]
@@ -221,7 +220,7 @@ def test_calibration_restores_everything_and_sets_periods():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=1)
     for step in range(3):
         _train_step(model, optimizer, scaler, step)
-    assert QRampingCalibrator(model, optimizer, 50).config == get_recipe("tetrajet_qramping").qramping
+    assert QRampingCalibrator(model, optimizer, 50).config == get_recipe("tetrajet_qramping").method_config("qramping")
     calibrator = QRampingCalibrator(model, optimizer, 50, QRampingConfig(k1=1.0, k2=2, calib_steps=10))
     assert calibrator.interval == 50 and calibrator.due(100) and not calibrator.due(101)
     before = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), scaler.state_dict(),

@@ -88,21 +88,23 @@ def _imported_modules(path: Path) -> set[str]:
     return names
 
 
-def _registering_modules() -> set[str]:
-    """The modules of the package that register a Linear op (they call or decorate with register_linear_op)."""
+def _registering_modules(function: str) -> set[str]:
+    """The modules of the package that call (or decorate with) ``function``: register_linear_op or
+    register_method_config."""
     found = set()
     for path in PACKAGE.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "register_linear_op":
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == function:
                 found.add(path.stem)
     return found
 
 
 @pytest.mark.parametrize("core", ["linear", "recipes"])
-def test_the_core_imports_no_baseline(core):
-    baselines = _registering_modules()
-    assert {"tseng", "wang", "int4"} <= baselines
-    assert not _imported_modules(PACKAGE / f"{core}.py") & (baselines | {"freeze", "dampen"})
+def test_the_core_imports_no_baseline_and_no_method(core):
+    baselines = _registering_modules("register_linear_op")
+    methods = _registering_modules("register_method_config")
+    assert {"tseng", "wang", "int4"} <= baselines and {"dampen", "freeze", "ramping"} <= methods
+    assert not _imported_modules(PACKAGE / f"{core}.py") & (baselines | methods | {"ema"})
 
 
 def test_layer_state_is_built_by_its_registered_factory(monkeypatch):
