@@ -17,7 +17,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .formats import check_rounding, check_scale_rule, get_format
+from .mx.formats import check_rounding, check_scale_rule, get_format
 from .registry import linear_op, linear_ops, reserve_names
 
 ROLES = ("q1", "q2", "q3", "q4", "q5", "q6")
