@@ -1,9 +1,9 @@
-"""MXFP4 simulated quantization for training: formats, exact reference quantizers, Triton kernels, the six-quantizer
-Linear and named recipes, plus the paper's oscillation tools (Q-EMA, Q-Ramping, metrics, Dampen/Freeze baselines)
-and other papers' 4-bit Linear ops (Tseng et al., Wang et al., INT4), which register themselves on import here.
-Standalone: imports nothing from the training code."""
-from .formats import FORMATS, LAYOUTS, ROUNDINGS, SCALE_RULES, ElementFormat, get_format
-from .ops import MXTensor, dequantize, quantize, quantize_packed
+"""MXFP4 simulated quantization for training: the MX numerics core (``quantization.mx``: formats, exact reference
+quantizers, Triton kernels, ops), the six-quantizer Linear and named recipes, plus the paper's oscillation tools
+(Q-EMA, Q-Ramping, metrics, Dampen/Freeze baselines) and other papers' 4-bit Linear ops (Tseng et al., Wang et al.,
+INT4), which register themselves on import here. Standalone: imports nothing from the training code."""
+from .mx import (FORMATS, LAYOUTS, ROUNDINGS, SCALE_RULES, ElementFormat, MXTensor, dequantize, get_format, quantize,
+                 quantize_packed)
 
 __all__ = [
     "FORMATS", "LAYOUTS", "ROUNDINGS", "SCALE_RULES", "ElementFormat", "get_format",

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .formats import get_format
-from .grid import block_scales
 from .hooks import MethodHook, TrainingContext
 from .linear import QLinear
+from .mx.formats import get_format
+from .mx.grid import block_scales
 from .recipes import Recipe, get_recipe, register_recipe, require
 from .registry import register_method_config
 from .schedules import cosine_anneal
@@ -85,7 +85,8 @@ def dampen_loss(model: nn.Module, weight: float, dtype: torch.dtype | None = Non
         for layer in layers:
             target = layer.quantized_weight(dtype).float()
             seen = layer.weight if dtype is None else layer.weight.to(dtype)
-            bound = get_format(layer.recipe.q2.fmt).max_value * block_scales(seen, layer.recipe.q2)
+            q2 = layer.recipe.q2
+            bound = get_format(q2.fmt).max_value * block_scales(seen, q2.fmt, q2.scale_rule)
             clipped = torch.minimum(torch.maximum(seen.float(), -bound), bound)
             total = total + aggregate(layer.recipe.method_config("dampen").aggregation, (target - clipped).square())
     return weight * total

@@ -37,9 +37,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .formats import BLOCK_SIZE, SCALE_BIAS, SCALE_NAN
 from .linear import QLinear
-from .ops import MXTensor, dequantize, quantize_packed
+from .mx.formats import BLOCK_SIZE, SCALE_BIAS, SCALE_NAN
+from .mx.ops import MXTensor, dequantize, quantize_packed
 from .recipes import Recipe
 
 FORMAT = "mxfp4"

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .formats import get_format
-from .grid import block_scales, grid_index, index_value
 from .hooks import MethodHook, TrainingContext
-from .ops import quantize_2d
+from .mx.formats import get_format
+from .mx.grid import block_scales, grid_index, index_value
+from .mx.ops import quantize_2d
 from .recipes import QuantizerConfig, Recipe, get_recipe, register_recipe, require
 from .registry import register_layer_state, register_method_config
 from .schedules import cosine_anneal
@@ -86,7 +86,7 @@ class FreezeState(nn.Module):
         w = weight.detach()
         w.copy_(torch.where(self.frozen, self.frozen_value.to(w.dtype), w))
         seen = w if dtype is None else w.to(dtype)
-        scales = block_scales(seen, quantizer)
+        scales = block_scales(seen, quantizer.fmt, quantizer.scale_rule)
         code = self._grid_code(seen, quantizer, scales)
         first = self.updates == 0
         previous = torch.where(first, code, self.code_prev)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .amp import autocast_operands
-from .ops import MXTensor, dequantize, draw_seeds, quantize_2d, quantize_both_layouts_2d, requantize_2d
+from .mx.ops import MXTensor, dequantize, draw_seeds, quantize_2d, quantize_both_layouts_2d, requantize_2d
 from .recipes import BACKWARD_ROLES, ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
 from .registry import layer_states, linear_op
 

@@ -16,10 +16,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .formats import get_format
-from .grid import block_scales, grid_magnitudes
 from .linear import QLinear
-from .ops import quantize
+from .mx.formats import get_format
+from .mx.grid import block_scales, grid_magnitudes
+from .mx.ops import quantize
 from .recipes import QuantizerConfig
 
 OSCILLATING_RATIO = 16.0  # the paper's rule: a weight with R_w > 16 counts as oscillating
@@ -86,7 +86,7 @@ def quant_conf(weight: torch.Tensor, config: QuantizerConfig) -> torch.Tensor:
     grid = grid_magnitudes(fmt, weight.device)
     thresholds = (grid[:-1] + grid[1:]) / 2
     top = float(grid[-1])
-    scaled = (weight.detach().float() / block_scales(weight, config)).abs().clamp(max=top)
+    scaled = (weight.detach().float() / block_scales(weight, config.fmt, config.scale_rule)).abs().clamp(max=top)
     cell = torch.searchsorted(thresholds, scaled.contiguous(), right=True)  # ties (on a threshold) belong above
     lower = torch.cat([-thresholds[:1], thresholds])[cell]
     upper = torch.cat([thresholds, torch.tensor([2 * top], device=grid.device) - thresholds[-1:]])[cell]
@@ -242,7 +242,8 @@ class OscillationMonitor:
         layer = self.layers[self.trace_layer]
         index = self._trace_index
         weight = self._forward_weight(layer)
-        scale = block_scales(weight, _quantizer(layer)).flatten()[index]
+        quantizer = _quantizer(layer)
+        scale = block_scales(weight, quantizer.fmt, quantizer.scale_rule).flatten()[index]
         self._trace_v.append((weight.flatten()[index].float() / scale).tolist())
         self._trace_q.append((quantized[layers.index(layer)].flatten()[index].float() / scale).tolist())
 

@@ -29,8 +29,8 @@ from torch.optim.adamw import adamw as _torch_adamw
 
 from .hooks import MethodHook, Stateful, TrainingContext
 from .linear import QLinear
+from .mx.backends import triton_interpreted
 from .oscillation import OSCILLATING_RATIO, OscillationRatio
-from .backends import triton_interpreted
 from .recipes import Recipe, get_recipe, register_recipe, require
 from .registry import register_method_config
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from .formats import check_rounding, check_scale_rule, get_format
+from .mx.formats import check_rounding, check_scale_rule, get_format
 from .registry import linear_op, linear_ops, method_config_name, method_configs, reserve_names
 
 ROLES = ("q1", "q2", "q3", "q4", "q5", "q6")

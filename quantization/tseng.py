@@ -53,10 +53,11 @@ import torch
 import torch.nn.functional as F
 
 from .amp import apply_linear_op
-from .formats import get_format
-from .ops import Seed, seed_words
+from .mx.formats import get_format
+from .mx.ops import Seed, seed_words
+from .mx.reference import (_blocked, _unblocked, magnitude_limit, pow2, round_scaled, shared_exponent,
+                           uniform_from_index)
 from .recipes import Recipe, register_recipe
-from .reference import _blocked, _unblocked, magnitude_limit, pow2, round_scaled, shared_exponent, uniform_from_index
 from .registry import register_linear_op
 
 __all__ = ["TsengConfig", "tseng_linear", "TsengLinearFunction", "hadamard_matrix", "random_hadamard",

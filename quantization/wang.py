@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from .amp import apply_linear_op
-from .formats import ElementFormat, get_format
+from .mx.formats import ElementFormat, get_format
 from .recipes import Recipe, register_recipe
 from .registry import register_linear_op
 

@@ -17,7 +17,7 @@ import torch
 import triton.testing
 
 from quantization import QLinear, get_format
-from quantization import kernels
+from quantization.mx import kernels
 from training import source_commit
 
 TOKENS = 256 * 197

@@ -20,8 +20,8 @@ import torch
 
 from models import build_model
 from quantization import QLinear, get_recipe
-from quantization.ops import MXTensor, draw_seeds, quantize_2d, quantize_both_layouts_2d, requantize_2d
-from quantization.testing import assert_bitwise_equal
+from quantization.mx.ops import MXTensor, draw_seeds, quantize_2d, quantize_both_layouts_2d, requantize_2d
+from quantization.mx.testing import assert_bitwise_equal
 from training.compile import compile_model
 
 DEIT_T = dict(img_size=224, num_classes=1000, drop_path_rate=0.1)

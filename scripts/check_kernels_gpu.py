@@ -17,12 +17,12 @@ from unittest import mock
 import torch
 
 from quantization import FORMATS, QLinear, dequantize, get_recipe, quantize, quantize_packed
-from quantization.formats import LAYOUTS, ROUNDINGS, SCALE_RULES
-from quantization.ops import quantize_2d, quantize_both_layouts_2d, requantize_2d
+from quantization.mx.formats import LAYOUTS, ROUNDINGS, SCALE_RULES
+from quantization.mx.ops import quantize_2d, quantize_both_layouts_2d, requantize_2d
+from quantization.mx.testing import (STOCHASTIC_BLOCK, as_layout, assert_bitwise_equal, both_ways, check_both_layouts,
+                                     check_quantize, check_requantize, edge_matrix, grid_neighbours, max_bias_in_sigmas,
+                                     midpoint_blocks, overflow_blocks, requantize_input, zero_blocks_with_ema)
 from quantization.recipes import ROLE_LAYOUTS
-from quantization.testing import (STOCHASTIC_BLOCK, as_layout, assert_bitwise_equal, both_ways, check_both_layouts,
-                                  check_quantize, check_requantize, edge_matrix, grid_neighbours, max_bias_in_sigmas,
-                                  midpoint_blocks, overflow_blocks, requantize_input, zero_blocks_with_ema)
 
 
 def big_input(n_elements: int, fmt: str, dtype: torch.dtype, layout: str) -> torch.Tensor:

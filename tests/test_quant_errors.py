@@ -47,7 +47,7 @@ def test_triton_backend_on_cpu_without_interpreter(monkeypatch):
 
 
 def test_new_format_is_one_line_and_packing_needs_four_bits(monkeypatch):
-    from quantization import formats
+    from quantization.mx import formats
 
     monkeypatch.setitem(formats.FORMATS, "e3m2", formats.ElementFormat("e3m2", 3, 2))  # OCP FP6: one line
     assert quantize(torch.tensor([1.0, 28.0, 3.3, 0.1]), fmt="e3m2").tolist() == [1.0, 28.0, 3.5, 0.125]

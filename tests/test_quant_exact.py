@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from quantization import FORMATS, dequantize
-from quantization.formats import LAYOUTS, ROUNDINGS, SCALE_RULES
-from quantization.ops import MXTensor, quantize_2d
-from quantization.testing import (as_layout, assert_bitwise_equal, both_ways, check_both_layouts, check_quantize,
-                                  check_requantize, midpoint_blocks, overflow_blocks, requantize_input,
-                                  zero_blocks_with_ema)
+from quantization.mx.formats import LAYOUTS, ROUNDINGS, SCALE_RULES
+from quantization.mx.ops import MXTensor, quantize_2d
+from quantization.mx.testing import (as_layout, assert_bitwise_equal, both_ways, check_both_layouts, check_quantize,
+                                     check_requantize, midpoint_blocks, overflow_blocks, requantize_input,
+                                     zero_blocks_with_ema)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on overflow
 

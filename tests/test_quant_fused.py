@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from quantization import dequantize, quantize, quantize_packed
-from quantization.ops import quantize_2d, quantize_both_layouts_2d, requantize_2d
-from quantization.testing import assert_bitwise_equal, edge_matrix
+from quantization.mx.ops import quantize_2d, quantize_both_layouts_2d, requantize_2d
+from quantization.mx.testing import assert_bitwise_equal, edge_matrix
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on NaN blocks
 

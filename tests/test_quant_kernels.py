@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from quantization import dequantize, quantize, quantize_packed
-from quantization.testing import assert_bitwise_equal, edge_matrix
+from quantization.mx.testing import assert_bitwise_equal, edge_matrix
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on NaN blocks
 
@@ -77,7 +77,8 @@ def test_fp16_matches():
 def test_seed_words_of_one_read_from_the_device():
     """The kernels read the seed words from a device tensor; words equal to 1 (which Triton would specialize as
     integer arguments) give the reference's numbers."""
-    from quantization import get_format, kernels, reference
+    from quantization import get_format
+    from quantization.mx import kernels, reference
 
     x = torch.randn(40, 70)
     for layout in ("1x32", "32x1"):

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from quantization import QLinear, Recipe, get_recipe, quantize
+from quantization.mx.testing import assert_bitwise_equal
 from quantization.recipes import ROLE_LAYOUTS
-from quantization.testing import assert_bitwise_equal
 
 
 def _pair(recipe, dtype=torch.float32, bias=True, seed=0):

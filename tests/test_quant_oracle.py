@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from quantization import FORMATS, reference
-from quantization.testing import (assert_bitwise_equal, edge_matrix, midpoint_blocks, overflow_blocks,
-                                  zero_blocks_with_ema)
+from quantization import FORMATS
+from quantization.mx import reference
+from quantization.mx.testing import (assert_bitwise_equal, edge_matrix, midpoint_blocks, overflow_blocks,
+                                     zero_blocks_with_ema)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy warns on the NaN blocks
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from quantization import FORMATS, dequantize, quantize, quantize_packed
-from quantization.reference import shared_exponent
-from quantization.testing import assert_bitwise_equal, nextafter32
+from quantization.mx.reference import shared_exponent
+from quantization.mx.testing import assert_bitwise_equal, nextafter32
 
 TIES = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0]
 NEAREST = [0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]

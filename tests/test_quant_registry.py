@@ -1,6 +1,10 @@
-"""The Linear-op registry: QLinear and Recipe dispatch on the op config's type, the core imports no baseline, and a
-new op is a config class plus a registered function."""
+"""The Linear-op registry: QLinear and Recipe dispatch on the op config's type, the core imports no baseline, the MX
+core (quantization/mx) imports nothing else of the package, and a new op is a config class plus a registered
+function."""
 import ast
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +17,7 @@ from configs import load_config
 from quantization import (QLinear, QuantizerConfig, Recipe, TsengConfig, get_recipe, linear_op, linear_ops,
                           register_linear_op, register_recipe, tseng_linear)
 from quantization import recipes, registry
-from quantization.testing import assert_bitwise_equal
+from quantization.mx.testing import assert_bitwise_equal
 
 PACKAGE = Path(quantization.__file__).parent
 
@@ -105,6 +109,41 @@ def test_the_core_imports_no_baseline_and_no_method(core):
     methods = _registering_modules("register_method_config")
     assert {"tseng", "wang", "int4"} <= baselines and {"dampen", "freeze", "ramping"} <= methods
     assert not _imported_modules(PACKAGE / f"{core}.py") & (baselines | methods | {"ema"})
+
+
+def _outside_mx(module: str) -> bool:
+    """Whether an absolute module name is part of quantization but not of quantization.mx."""
+    return (module == "quantization" or module.startswith("quantization.")) and not (
+        module == "quantization.mx" or module.startswith("quantization.mx."))
+
+
+def _imports_outside_mx(path: Path) -> list[str]:
+    """The imports of ``path`` (a module of quantization/mx) that reach the package outside mx/: relative ones of
+    level 2 or more, absolute ones of quantization other than quantization.mx."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level >= 2 or (node.level == 0 and _outside_mx(node.module or "")):
+                found.append("." * node.level + (node.module or ""))
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if _outside_mx(alias.name)]
+    return found
+
+
+def test_the_mx_core_imports_nothing_else_of_the_package():
+    modules = sorted((PACKAGE / "mx").glob("*.py"))
+    assert {"formats", "reference", "kernels", "ops"} <= {path.stem for path in modules}
+    assert {path.name: _imports_outside_mx(path) for path in modules} == {path.name: [] for path in modules}
+
+
+def test_the_mx_core_runs_alone(tmp_path):
+    """A copy of quantization/mx, without the rest of the package, imports and quantizes (the parent's __init__
+    would load everything, so the copy is imported as a top-level package)."""
+    shutil.copytree(PACKAGE / "mx", tmp_path / "mxcore", ignore=shutil.ignore_patterns("__pycache__"))
+    values = [1.0, 2.9, -0.2, 0.1] * 8
+    code = f"import torch, mxcore; print(mxcore.quantize(torch.tensor({values})).tolist())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == str(quantization.quantize(torch.tensor(values)).tolist())
 
 
 def test_layer_state_is_built_by_its_registered_factory(monkeypatch):

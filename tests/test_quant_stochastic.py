@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from quantization import quantize
-from quantization.testing import STOCHASTIC_BLOCK as BLOCK, grid_neighbours, max_bias_in_sigmas
+from quantization.mx.testing import STOCHASTIC_BLOCK as BLOCK, grid_neighbours, max_bias_in_sigmas
 
 DRAWS = 4096
 

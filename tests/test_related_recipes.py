@@ -4,7 +4,7 @@ import torch
 
 from quantization import (QLinear, Recipe, TsengConfig, WangConfig, get_recipe, int4_linear, tseng_linear,
                           wang_linear)
-from quantization.testing import assert_bitwise_equal
+from quantization.mx.testing import assert_bitwise_equal
 
 
 @pytest.mark.parametrize("name,op", [("tseng", tseng_linear), ("wang", wang_linear), ("int4", int4_linear)])

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from quantization import ops
+from quantization.mx import ops
 from quantization.tseng import (TsengConfig, hadamard_matrix, padded_length, prescaled_quantize, random_hadamard,
                                 random_signs, tseng_linear)
 

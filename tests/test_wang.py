@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantization.formats import get_format
+from quantization.mx.formats import get_format
 from quantization.wang import (WangConfig, absmax_quantize, dge_derivative, outlier_threshold, round_to_grid,
                                wang_linear)
 

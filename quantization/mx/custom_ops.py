@@ -4,7 +4,7 @@ torch.compile then traces a quantized model without graph breaks: each op is one
 the fake implementation gives, and the real implementation picks the reference or the Triton kernels at run time.
 The ops read everything from their tensor arguments (the stochastic seed words included) and never synchronise
 with the host, so CUDA graphs can capture them. Outputs not asked for come back as empty tensors (an op cannot
-return None or one of its inputs); ``quantization.ops`` wraps the ops with the public signatures.
+return None or one of its inputs); ``quantization.mx.ops`` wraps the ops with the public signatures.
 """
 from __future__ import annotations
 

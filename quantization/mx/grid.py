@@ -11,14 +11,14 @@ import torch
 
 from . import reference
 from .formats import ElementFormat, get_format
-from .recipes import QuantizerConfig
 
 
-def block_scales(weight: torch.Tensor, config: QuantizerConfig) -> torch.Tensor:
-    """2^s (fp32, shaped like ``weight``) of each element's 1x32 block under ``config``'s format and scale rule."""
+def block_scales(weight: torch.Tensor, fmt: str, scale_rule: str) -> torch.Tensor:
+    """2^s (fp32, shaped like ``weight``) of each element's 1x32 block under the format named ``fmt`` and
+    ``scale_rule``."""
     w2d = weight.detach().reshape(-1, weight.shape[-1]).float()
     blocks = reference._blocked(w2d.abs(), "1x32")
-    exponent = reference.shared_exponent(blocks.amax(dim=-1, keepdim=True), get_format(config.fmt), config.scale_rule)
+    exponent = reference.shared_exponent(blocks.amax(dim=-1, keepdim=True), get_format(fmt), scale_rule)
     scales = reference._unblocked(reference.pow2(exponent).expand_as(blocks), "1x32", *w2d.shape)
     return scales.reshape(weight.shape)
 
