@@ -152,11 +152,12 @@ def attach_freeze(model: nn.Module, optimizer: torch.optim.Optimizer, total_step
     if not layers:
         raise ValueError(f"{type(model).__name__} has no QLinear whose recipe sets 'freeze' (e.g. tetrajet_freeze)")
 
+    configs = [layer.recipe.method_config("freeze") for layer in layers]  # recipes are frozen: look up once
+
     def hook(opt, args, kwargs) -> None:
-        threshold = _threshold(layers[0].recipe.method_config("freeze"), layers[0].freeze_state.updates, total_steps)
-        for layer in layers:
-            layer.freeze_state.update(layer.weight, layer.recipe.q2, layer.recipe.method_config("freeze"), threshold,
-                                      dtype)
+        threshold = _threshold(configs[0], layers[0].freeze_state.updates, total_steps)
+        for layer, config in zip(layers, configs):
+            layer.freeze_state.update(layer.weight, layer.recipe.q2, config, threshold, dtype)
 
     return optimizer.register_step_post_hook(hook)
 

@@ -301,8 +301,8 @@ class QRampingCalibrator:
 
     ``model``: the training model unwrapped from DDP (its QLinears with a weight quantizer are measured);
     ``steps_per_epoch``: caps the periods and is the default interval; ``config``: k1, k2, T0 (``calib_steps``)
-    and the interval (default: the first QLinear's ``recipe.method_config("qramping")``); ``amp_dtype``: the autocast dtype of the
-    forward (its weight quantizer sees W in that dtype).
+    and the interval (default: the first QLinear's ``recipe.method_config("qramping")``); ``amp_dtype``: the
+    autocast dtype of the forward (its weight quantizer sees W in that dtype).
 
     Example, in the training loop (``train_step`` = forward, backward, clip, ``scaler.step(optimizer)``,
     ``scaler.update()`` on a batch; no model-EMA update, no logging); each calibration step takes a new batch from a

@@ -119,7 +119,7 @@ def test_monitor_logs_windows_and_leaves_training_unchanged():
     assert len(record["traces"]) == 3 and trace["layer"] == "blocks.0" and len(trace["v"]) == len(trace["q"]) == 5
     for t in range(5):  # the traced latent weight and its forward quantization, both divided by the block scale
         w = snapshots[t][0]
-        scale = block_scales(w, QuantizerConfig().fmt, QuantizerConfig().scale_rule).flatten()[trace["index"]]
+        scale = block_scales(w, "e2m1", "rceil").flatten()[trace["index"]]
         assert trace["v"][t] == pytest.approx(float(w.flatten()[trace["index"]] / scale))
         assert trace["q"][t] == float(quantize(w).flatten()[trace["index"]] / scale)
     assert monitor.after_step(25) is None and monitor.after_step(27) is None  # outside a window: nothing
@@ -198,6 +198,6 @@ def test_monitor_places_weights_where_the_bf16_forward_quantizes_them():
     trace = records[0]["traces"][0]
     for t in range(4):
         w = snapshots[t][0].to(torch.bfloat16)
-        scale = block_scales(w, QuantizerConfig().fmt, QuantizerConfig().scale_rule).flatten()[trace["index"]]
+        scale = block_scales(w, "e2m1", "rceil").flatten()[trace["index"]]
         assert trace["v"][t] == pytest.approx(float(w.float().flatten()[trace["index"]] / scale.float()))
         assert trace["q"][t] == float(quantize(w).float().flatten()[trace["index"]] / scale.float())
