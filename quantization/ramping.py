@@ -482,7 +482,8 @@ class QRampingHook(MethodHook):
     """Q-Ramping in a training loop (quantization.hooks): steps with QRampingAdamW and calibrates when due."""
 
     name = "Q-Ramping"
-    optimizer = QRampingAdamW
+    optimizer = QRampingAdamW  # built with capturable=True for CUDA graphs
+    capture_safe = True
 
     def __init__(self, config: QRampingConfig) -> None:
         self.config = config
