@@ -1,6 +1,7 @@
 """One training epoch and one evaluation pass; metrics are reduced over all ranks."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable, Iterator, Optional, Sequence
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from quantization import MethodHook
+from training.cuda_graph import GraphedTrainStep
 from training.distributed import DistContext, all_reduce_sum
 from training.logger import RunLogger
 
@@ -37,7 +39,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
                     logger: RunLogger, log_interval: int, first_step: int, hooks: Sequence[MethodHook] = (),
                     calib_batches: Optional[Callable[[int, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]] = None,
                     before_step: Optional[Callable[[int], object]] = None,
-                    after_step: Optional[Callable[[int], object]] = None) -> dict:
+                    after_step: Optional[Callable[[int], object]] = None,
+                    graph: Optional[GraphedTrainStep] = None) -> dict:
     """Train over ``loader`` once; returns the epoch's mean loss, lr (at its first step), global images/s and peak
     GPU memory.
 
@@ -50,11 +53,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     optimizer sees them (Q-Ramping accumulates the clipped ones). ``before_step(step)`` runs before each step and
     its calibration (e.g. a per-iteration learning-rate schedule), ``after_step(step)`` after each step (e.g. the
     oscillation monitor).
+
+    ``graph`` (train.cuda_graph; one process, no loss scaling): the step of ``model``, ``criterion``, ``hooks``,
+    ``optimizer`` and ``clip_grad`` that it was built with, replayed as CUDA graphs: forward, backward and clipping,
+    then the loss check on the host, then the optimizer step. Calibrations run eagerly and are followed by a fresh
+    capture; the model EMA and ``after_step`` stay eager.
     """
     calibrating = [hook for hook in hooks if hook.calibration_steps]
     if calibrating and calib_batches is None:
         raise ValueError(f"{calibrating[0].name} calibrates: it needs calib_batches, the batches its calibration "
                          f"steps train on")
+    if graph is not None and (ctx.world_size > 1 or scaler.is_enabled()):
+        raise ValueError("a graphed training step runs in one process without a grad scaler")
     model.train()
     device = ctx.device
     if device.type == "cuda":
@@ -64,7 +74,18 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
     start = time.perf_counter()
     progress = _progress(loader, ctx, f"epoch {epoch}")
 
-    def train_step(samples: torch.Tensor, targets: torch.Tensor, step: int) -> float:
+    def check_loss(loss_value: float, step: int) -> None:
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, step {step} "
+                                     f"(lr {optimizer.param_groups[0]['lr']:.3g})")
+
+    def graphed_step(samples: torch.Tensor, targets: torch.Tensor, step: int) -> float:
+        loss_value = graph.forward_backward(samples, targets, step).item()
+        check_loss(loss_value, step)
+        graph.optimizer_step()
+        return loss_value
+
+    def eager_step(samples: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = criterion(model(samples), targets)
         for hook in hooks:
@@ -72,9 +93,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
             if extra is not None:
                 loss = loss + extra
         loss_value = all_reduce_sum(loss.detach().float()).item() / ctx.world_size
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(f"training loss is {loss_value} at epoch {epoch}, step {step} "
-                                     f"(lr {optimizer.param_groups[0]['lr']:.3g})")
+        check_loss(loss_value, step)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if clip_grad is not None:
@@ -84,6 +103,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         scaler.update()
         return loss_value
 
+    train_step = eager_step if graph is None else graphed_step
     for samples, targets in progress:
         samples = samples.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -97,7 +117,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
         for hook in calibrating:
             if hook.calibration_due(step):
                 batches = calib_batches(step, hook.calibration_steps)
-                record = hook.calibrate(lambda i: train_step(*next(batches), step), restore=[scaler])
+                with graph.eager() if graph is not None else contextlib.nullcontext():
+                    record = hook.calibrate(lambda i: train_step(*next(batches), step), restore=[scaler])
                 logger.write({**record, "step": step, "epoch": epoch})
         loss_value = train_step(samples, targets, step)
         if model_ema is not None:

@@ -109,6 +109,8 @@ class Trainer:
 
     def __init__(self, config: RunConfig, ctx: training.DistContext) -> None:
         self.config, self.ctx = config, ctx
+        if config.train.cuda_graph:
+            training.check_cuda_graph_context(ctx)
         self.output_dir = Path(config.output_dir)
         recipe = config.method.resolved
         training.seed_everything(config.train.seed)  # same on every rank: identical initial weights
@@ -123,7 +125,7 @@ class Trainer:
         self.lr = training.scaled_lr(config.optim.lr, self.global_batch)
         self.hooks = method_hooks(recipe)  # the method's training-loop parts (quantization.hooks)
         self.optimizer = training.build_optimizer(self.model, config.optim, self.lr,
-                                                  adamw=hooks_optimizer(self.hooks))
+                                                  adamw=hooks_optimizer(self.hooks), capturable=config.train.cuda_graph)
         self.amp_dtype = AMP_DTYPES[config.train.amp]
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=config.train.amp == "fp16")
         self.criterion = training.build_criterion(config.aug, self.mixup is not None)
@@ -145,6 +147,9 @@ class Trainer:
                                   self.amp_dtype)
         for hook in self.hooks:
             hook.attach(context)
+        self.graph = training.GraphedTrainStep(
+            self.train_model, self.criterion, self.optimizer, device=ctx.device, amp_dtype=self.amp_dtype,
+            clip_grad=config.optim.clip_grad, hooks=self.hooks) if config.train.cuda_graph else None
         self.calib_batches: Optional[training.CalibrationBatches] = None
         if any(hook.calibration_steps for hook in self.hooks):
             self.calib_batches = training.CalibrationBatches(
@@ -168,7 +173,7 @@ class Trainer:
             if state["model_ema"] is None:
                 raise ValueError("train.model_ema is on but the checkpoint has no model EMA")
             self.model_ema.load_state_dict(state["model_ema"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        training.load_optimizer_state(self.optimizer, state["optimizer"], capturable=self.config.train.cuda_graph)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.saved_epoch, self.best_acc1 = state["epoch"], state["best_acc1"]
@@ -253,7 +258,7 @@ class Trainer:
                 clip_grad=self.config.optim.clip_grad, logger=logger, log_interval=self.config.train.log_interval,
                 first_step=epoch * len(self.loaders.train), hooks=self.hooks, calib_batches=self.calib_batches,
                 before_step=self.scheduler.before_step,
-                after_step=self.observe if self.monitor is not None else None)
+                after_step=self.observe if self.monitor is not None else None, graph=self.graph)
         except engine.NonFiniteLossError as error:
             raise engine.NonFiniteLossError(f"{error}; run stopped: {self.stop_note()}") from None
         test = self.evaluate(self.model)

@@ -126,10 +126,36 @@ def validate(config: RunConfig) -> None:
                           f"({type(recipe.op).__name__}) is plain PyTorch with host-side control flow, not the "
                           f"registered MX quantizer ops; use train.compile=eager, or a recipe of the six quantizers "
                           f"(tetrajet, tetrajet_qema, tetrajet_qramping, microscaling, ...)")
+    if config.train.cuda_graph:
+        check_cuda_graph(config, hooks)
     for hook in hooks:
         if hook.optimizer is not None and config.optim.name != "adamw":
             raise ConfigError(f"optim.name {config.optim.name!r} cannot be used with a {hook.name} recipe: "
                               f"{hook.name} wraps AdamW (set optim.name=adamw)")
+
+
+def check_cuda_graph(config: RunConfig, hooks: list) -> None:
+    """What train.cuda_graph needs that the configuration decides (the device found and the process count are
+    checked when the run starts: training.cuda_graph.check_context); ConfigError naming the setting."""
+    train, recipe = config.train, config.method.resolved
+    if train.device == "cpu":
+        raise ConfigError("train.cuda_graph=true needs a CUDA device, got train.device='cpu'; use train.device=cuda "
+                          "(or auto on a GPU machine), or train.cuda_graph=false")
+    if train.amp == "fp16":
+        raise ConfigError("train.cuda_graph=true cannot be used with train.amp='fp16': its dynamic loss scale "
+                          "(GradScaler) reads on the host whether the gradients are finite; use train.amp=bf16 or fp32")
+    if train.compile != "eager":
+        raise ConfigError(f"train.cuda_graph=true cannot be combined with train.compile={train.compile!r}: capture "
+                          f"the eager step or compile it, not both; set train.compile=eager")
+    if recipe.op is not None:
+        raise ConfigError(f"train.cuda_graph=true cannot capture recipe {recipe.name!r}: its Linear op "
+                          f"({type(recipe.op).__name__}) is plain PyTorch with host-side control flow; use "
+                          f"train.cuda_graph=false, or a recipe of the six MX quantizers (tetrajet, ...)")
+    unsafe = [hook.name for hook in hooks if not hook.capture_safe]
+    if unsafe:
+        raise ConfigError(f"train.cuda_graph=true cannot capture {' and '.join(unsafe)} (recipe {recipe.name!r}): its "
+                          f"training-loop part depends on host values that change between steps (Dampen: its loss "
+                          f"weight follows the schedule); use train.cuda_graph=false")
 
 
 def check_timm_kwargs(kwargs: dict) -> None:

@@ -131,6 +131,9 @@ class TrainConfig:
     # torch.compile(fullgraph=True) of the training model with this backend (inductor: the fast one; aot_eager:
     # traced but run op by op, to check that tracing changes nothing); "eager" does not compile.
     compile: str = "eager"
+    # Replay the training step as CUDA graphs (training/cuda_graph.py, docs/cuda-graphs.md): for host-bound small
+    # models; CUDA, one process, bf16/fp32, train.compile=eager, a capture-safe method; AdamW becomes capturable.
+    cuda_graph: bool = False
     # Oscillation metrics (quantization.OscillationMonitor; Table 3, Figs. 2, 3, 5, 6): every osc_interval steps
     # (0 = off) follow osc_window steps; r(Y) of module osc_block on the first osc_probe validation images.
     osc_interval: int = 0

@@ -95,7 +95,7 @@ def dampen_loss(model: nn.Module, weight: float, dtype: torch.dtype | None = Non
 class DampenHook(MethodHook):
     """Dampen in a training loop (quantization.hooks): its loss term, weighted by the recipe's schedule."""
 
-    name = "Dampen"
+    name = "Dampen"  # not capture_safe: the loss weight follows the step on the host
 
     def __init__(self, config: DampenConfig) -> None:
         self.config = config

@@ -71,6 +71,7 @@ class QEmaHook(MethodHook):
     """Q-EMA in a training loop (quantization.hooks): the EMA update after every optimizer step."""
 
     name = "Q-EMA"
+    capture_safe = True  # the update and its count are device ops
 
     def attach(self, context: TrainingContext) -> None:
         attach_qema(context.model, context.optimizer)

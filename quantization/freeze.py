@@ -166,6 +166,7 @@ class FreezeHook(MethodHook):
     """Freeze in a training loop (quantization.hooks): tracking and freezing after every optimizer step."""
 
     name = "Freeze"
+    capture_safe = True  # its schedule reads the device-side update count
 
     def attach(self, context: TrainingContext) -> None:
         attach_freeze(context.model, context.optimizer, context.total_steps, dtype=context.amp_dtype)

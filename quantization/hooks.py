@@ -56,12 +56,16 @@ class MethodHook:
 
     ``optimizer``: an AdamW variant the method must step with (None: any optimizer). ``calibration_steps``: the
     training steps one calibration takes (0: the method does not calibrate); a benchmark may change it before
-    ``attach``.
+    ``attach``. ``capture_safe``: whether a CUDA graph of the training step may hold the hook's work, its
+    ``extra_loss`` and the optimizer-step hooks it registers: device work only, the same launches at every step, no
+    host value that changes between steps (a training loop that replays graphs refuses a hook without it; its
+    calibrations run eagerly all the same).
     """
 
     name: str = "method"
     optimizer: Optional[type] = None
     calibration_steps: int = 0
+    capture_safe: bool = False
 
     def attach(self, context: TrainingContext) -> None:
         """Once, after the optimizer is built: register optimizer-step hooks, keep what the later calls need."""

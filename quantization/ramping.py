@@ -5,7 +5,10 @@ Optimizer: ``QRampingAdamW`` takes every parameter's gradient at every step, but
 accumulates its gradient and takes its Adam step only every p steps, with the mean accumulated gradient and the
 learning rate times the number of steps accumulated. Decoupled weight decay applies every step; the bias correction
 uses the global step; non-finite gradient elements are not accumulated (and not counted). Parameters without periods
-(and all parameters before any are set) take exactly torch.optim.AdamW's step.
+(and all parameters before any are set) take exactly torch.optim.AdamW's step. ``capturable=True`` keeps every step
+counter on the device and computes the ramped step's scalars there, so that a CUDA graph can capture ``step()``; the
+ramped parameters then take bit for bit the step of ``capturable=False`` (the plain ones torch's capturable AdamW
+step, whose last bits differ from its default step).
 
 Calibration: ``QRampingCalibrator`` runs, every T_update steps (default: at each epoch start), T0 (default 30) steps
 of plain AdamW, measures each quantized weight's oscillation ratio R_w through the same forward weight quantizer as
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import random
 import time
 from contextlib import contextmanager
@@ -37,6 +41,8 @@ from .registry import register_method_config
 PERIOD_DTYPE = torch.int32
 BACKENDS = ("auto", "torch", "triton")
 RAMPING_STATE = ("update_period", "accum_count", "grad_accum")
+BIAS_FLOOR = 2.0**-60  # beta**step below this: 1 - beta**step is exactly 1.0 in float64, now and at every later step
+BIAS_TABLE_LIMIT = 1 << 23  # entries of a capturable bias-correction table (two float64 rows: 128 MiB)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +99,42 @@ def ramped_adamw_reference(param: torch.Tensor, grad: torch.Tensor, exp_avg: tor
     accum_count.masked_fill_(ready, 0)
 
 
+def bias_correction_table(beta1: float, beta2: float) -> torch.Tensor:
+    """float64 [2, K + 1]: ``1 - beta1**k`` and ``(1 - beta2**k) ** 0.5`` for k = 0..K, computed with Python floats
+    exactly as the host-counter step computes them, for the capturable step to look up by its device counter (a
+    device ``pow`` may differ from the host's in the last bit). K is the first k at which both powers are below
+    2^-60: from there on (pow errs by less than an ulp) every power is below 2^-54, both rows are exactly 1.0, and a
+    step beyond K reads entry K. ValueError if that takes more than BIAS_TABLE_LIMIT entries (a beta very near 1)."""
+    largest = max(beta1, beta2)
+    estimate = 1 if largest == 0 else math.ceil(math.log(BIAS_FLOOR) / math.log(largest))
+    if estimate >= BIAS_TABLE_LIMIT:
+        raise ValueError(f"capturable=True tabulates the bias corrections until beta**step < 2^-60: betas "
+                         f"({beta1}, {beta2}) would need {estimate} entries, more than {BIAS_TABLE_LIMIT}; use betas "
+                         f"further from 1, or capturable=False")
+    rows: tuple[list[float], list[float]] = ([], [])
+    step = 0.0
+    while True:
+        power1, power2 = beta1**step, beta2**step
+        rows[0].append(1 - power1)
+        rows[1].append((1 - power2) ** 0.5)
+        if power1 < BIAS_FLOOR and power2 < BIAS_FLOOR:
+            return torch.tensor(rows, dtype=torch.float64)
+        step += 1
+
+
+def capturing() -> bool:
+    """Whether the current CUDA stream is capturing a graph."""
+    return torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+
+
+def _refuse_capture(what: str) -> None:
+    """RuntimeError during a CUDA-graph capture: ``what`` is copied from the host, so an eager step must build it."""
+    if capturing():
+        raise RuntimeError(f"QRampingAdamW builds {what} from the host in an eager step: run a step eagerly before "
+                           f"capturing step() in a CUDA graph (the usual warm-up), and again after "
+                           f"set_update_periods, load_state_dict or anything else that replaces its state tensors")
+
+
 class QRampingAdamW(torch.optim.Optimizer):
     """AdamW with per-element update periods (Q-Ramping); see the module docstring for the rule.
 
@@ -101,6 +143,12 @@ class QRampingAdamW(torch.optim.Optimizer):
     launch for all of them; fp32 CUDA tensors), "torch" (``ramped_adamw_reference`` per tensor), "auto" (Triton when
     possible). Gradient clipping: clip ``.grad`` before ``step()`` as usual; each step's clipped gradient is what
     accumulates. Under DDP every rank holds the same averaged gradients, so every rank takes the same step.
+
+    ``capturable``: as torch.optim.AdamW's, so that ``step()`` can be captured in a CUDA graph (after an eager step):
+    the step counters live on the device, ``lr`` may be a tensor (filled in place between replays), and the ramped
+    step reads its per-tensor scalars from a table computed on the device (bit for bit the values the host computes
+    with ``capturable=False``; parameters with periods must then take the Triton path: contiguous fp32 on one CUDA
+    device). It is a property of the optimizer, not of its state: ``load_state_dict`` keeps it.
 
     Example::
 
@@ -111,7 +159,7 @@ class QRampingAdamW(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, *, foreach: bool | None = None,
-                 fused: bool | None = None, backend: str = "auto") -> None:
+                 fused: bool | None = None, backend: str = "auto", capturable: bool = False) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(f"lr, eps and weight_decay must be >= 0, got {lr}, {eps}, {weight_decay}")
         if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
@@ -120,11 +168,14 @@ class QRampingAdamW(torch.optim.Optimizer):
             raise ValueError("fused and foreach cannot both be True")
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; valid choices: {', '.join(BACKENDS)}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=foreach, fused=fused,
+                        capturable=capturable)
         super().__init__(params, defaults)
-        self.backend = backend
+        self.backend, self.capturable = backend, capturable
         self._plain = False
         self._tables: dict = {}
+        self._bias_tables: dict = {}  # capturable: (beta1, beta2, device) -> bias_correction_table on the device
+        self._device_steps: dict = {}  # capturable: (param ids, betas, eps) -> ramping_kernel.DeviceTableStep
 
     # -- periods -------------------------------------------------------------------------------------------------
 
@@ -150,7 +201,7 @@ class QRampingAdamW(torch.optim.Optimizer):
                 state["update_period"].fill_(1)
         for param, period in periods.items():
             state = self._init_state(param, groups[id(param)])
-            state["step"] = state["step"].cpu()  # the ramped step reads its bias correction on the host
+            state["step"] = state["step"].to(self._counter_device(param, groups[id(param)], ramped=True))
             if "update_period" not in state:
                 state["grad_accum"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.contiguous_format)
                 state["accum_count"] = torch.zeros_like(param, dtype=PERIOD_DTYPE, memory_format=torch.contiguous_format)
@@ -172,11 +223,16 @@ class QRampingAdamW(torch.optim.Optimizer):
 
     # -- step -----------------------------------------------------------------------------------------------------
 
+    def _counter_device(self, param: torch.Tensor, group: dict, ramped: bool) -> torch.device:
+        """Where a step counter lives: on the device when capturable (or fused, for a parameter without periods), else
+        on the host (the ramped step then reads its bias correction there without a sync)."""
+        on_device = self.capturable or (bool(group["fused"]) and not ramped)
+        return param.device if on_device else torch.device("cpu")
+
     def _init_state(self, param: torch.Tensor, group: dict) -> dict:
         state = self.state[param]
         if not state:  # as torch.optim.AdamW lays it out
-            state["step"] = (torch.zeros((), dtype=torch.float32, device=param.device) if group["fused"]
-                             else torch.tensor(0.0, dtype=torch.float32))
+            state["step"] = torch.zeros((), dtype=torch.float32, device=self._counter_device(param, group, False))
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         return state
@@ -184,6 +240,9 @@ class QRampingAdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         """One optimizer step (``closure`` re-evaluates the loss, as for any torch optimizer)."""
+        if not self.capturable and capturing():
+            raise RuntimeError("QRampingAdamW(capturable=False) cannot be captured in a CUDA graph: its step reads "
+                               "host step counters and scalars; build it with capturable=True")
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -199,7 +258,7 @@ class QRampingAdamW(torch.optim.Optimizer):
                 (ramped if "update_period" in state else plain).append(param)
             self._adamw(plain, group, group["foreach"], group["fused"])
             if self._plain:
-                self._adamw(ramped, group, None, False)  # their step counters live on the host: not fused
+                self._adamw(ramped, group, None, False)  # their step counters may live on the host: not fused
             else:
                 self._ramped(ramped, group)
         return loss
@@ -211,18 +270,26 @@ class QRampingAdamW(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         _torch_adamw(params, [p.grad for p in params], [s["exp_avg"] for s in states],
                      [s["exp_avg_sq"] for s in states], [], [s["step"] for s in states], foreach=foreach,
-                     fused=fused, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
+                     fused=fused, capturable=self.capturable, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
                      weight_decay=group["weight_decay"], eps=group["eps"], maximize=False)
 
     def _ramped(self, params: list[torch.Tensor], group: dict) -> None:
         if not params:
             return
         beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = float(group["lr"]), group["eps"], group["weight_decay"]
-        counters = [self.state[p]["step"] for p in params]  # host tensors: no device sync
+        eps, weight_decay = group["eps"], group["weight_decay"]
+        counters = [self.state[p]["step"] for p in params]  # host tensors unless capturable: no device sync
         torch._foreach_add_(counters, 1)
+        triton = self._use_triton(params)
+        if self.capturable and (triton or params[0].is_cuda):  # triton on the CPU: TRITON_INTERPRET=1
+            if not triton:
+                raise RuntimeError("QRampingAdamW(capturable=True) steps parameters with periods with the Triton "
+                                   "kernel: they must be contiguous fp32 tensors on one CUDA device")
+            self._ramped_on_device(params, counters, group)
+            return
+        lr = float(group["lr"])
         steps = torch.stack(counters).tolist()
-        if self._use_triton(params):
+        if triton:
             self._ramped_triton(params, steps, lr, beta1, beta2, eps, weight_decay)
             return
         for param, step in zip(params, steps):
@@ -257,15 +324,54 @@ class QRampingAdamW(torch.optim.Optimizer):
             self._tables[key] = BlockTables(key[1], key[0])
         ramped_adamw_(arrays, scalars, self._tables[key])
 
+    def _ramped_on_device(self, params: list[torch.Tensor], counters: list[torch.Tensor], group: dict) -> None:
+        """The Triton step with its scalars computed on the device from the device counters, nothing read on the
+        host (capturable): 1 - lr wd and lr / (1 - beta1^step) in float64 from ``bias_correction_table``, then
+        rounded to fp32, as the host computes them in Python floats."""
+        from .ramping_kernel import DeviceTableStep
+
+        beta1, beta2 = group["betas"]
+        device = params[0].device
+        bias = self._bias_tables.get((beta1, beta2, device))
+        if bias is None:
+            _refuse_capture("its bias-correction table")
+            bias = self._bias_tables[beta1, beta2, device] = bias_correction_table(beta1, beta2).to(device)
+        index = torch.stack(counters).to(torch.int64).clamp_(max=bias.shape[1] - 1)
+        bias_correction1, bias_correction2_sqrt = bias.index_select(1, index)
+        lr = group["lr"]
+        lr = (lr.to(device=device, dtype=torch.float64) if isinstance(lr, torch.Tensor)
+              else torch.full((), lr, dtype=torch.float64, device=device))
+        key = (tuple(map(id, params)), beta1, beta2, group["eps"])
+        if key not in self._device_steps:
+            _refuse_capture("the block and scalar tables of its fused step")
+            self._device_steps[key] = DeviceTableStep(tuple(p.numel() for p in params), device,
+                                                      [1 - beta1, beta2, 1 - beta2, group["eps"]])
+        arrays = []
+        for param in params:
+            s = self.state[param]
+            arrays.append([param, param.grad.float().contiguous(), s["exp_avg"], s["exp_avg_sq"], s["grad_accum"],
+                           s["accum_count"], s["update_period"]])
+        step = self._device_steps[key]
+        if step.needs_addresses(arrays):
+            _refuse_capture("the address table of its fused step")
+            step.set_addresses(arrays)
+        step(1 - lr * group["weight_decay"], torch.div(lr, bias_correction1), bias_correction2_sqrt)
+
     # -- state dict -----------------------------------------------------------------------------------------------
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """As torch's, then undo its casts of the ramping state: periods and counts stay int32, and the step counter
-        of a parameter with periods stays on the host."""
+        """As torch's, then undo its casts of the ramping state: periods and counts stay int32, and each step counter
+        goes where this optimizer keeps it (device or host, by ``capturable``, whatever the checkpoint's was).
+        Checkpoints of either setting, and of versions before ``capturable``, load."""
         super().load_state_dict(state_dict)
+        groups = {id(p): group for group in self.param_groups for p in group["params"]}
+        for group in self.param_groups:
+            group["capturable"] = self.capturable
         for param, state in self.state.items():
-            if "update_period" in state:
-                state["step"] = state["step"].cpu()
+            ramped = "update_period" in state
+            if "step" in state:
+                state["step"] = state["step"].to(self._counter_device(param, groups[id(param)], ramped))
+            if ramped:
                 for key in ("update_period", "accum_count"):
                     state[key] = state[key].to(device=param.device, dtype=PERIOD_DTYPE)
                 state["grad_accum"] = state["grad_accum"].to(device=param.device, dtype=torch.float32)
@@ -376,7 +482,8 @@ class QRampingHook(MethodHook):
     """Q-Ramping in a training loop (quantization.hooks): steps with QRampingAdamW and calibrates when due."""
 
     name = "Q-Ramping"
-    optimizer = QRampingAdamW
+    optimizer = QRampingAdamW  # built with capturable=True for CUDA graphs
+    capture_safe = True
 
     def __init__(self, config: QRampingConfig) -> None:
         self.config = config

@@ -92,14 +92,60 @@ def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.
     return table
 
 
+def address_table(arrays: list[list[torch.Tensor]]) -> torch.Tensor:
+    """The ADDRESS_ROWS x len(arrays) table of the arrays' addresses (int64), on their device."""
+    n = len(arrays)
+    return _to_device([arrays[t][row].data_ptr() for row in range(ADDRESS_ROWS) for t in range(n)], torch.int64,
+                      arrays[0][0].device)
+
+
+def launch(addresses: torch.Tensor, values: torch.Tensor, tables: BlockTables) -> None:
+    """Launch the step from device tables: ``addresses`` (address_table) and ``values``, the SCALAR_ROWS x n fp32
+    step scalars. Nothing here reads the host's copy of a tensor, so a CUDA graph can capture it."""
+    _ramped_adamw_kernel[(tables.programs,)](addresses, values, tables.tensor, tables.start, tables.numel,
+                                             addresses.shape[0] // ADDRESS_ROWS, BLOCK=BLOCK, num_warps=4)
+
+
+class DeviceTableStep:
+    """The step of one list of tensors from tables that stay on the device (capturable): the block tables, the
+    address table (``set_addresses``; a CUDA graph replays the addresses it captured) and the scalar table, whose
+    first three rows each call writes on the device; ``constants`` are the last four rows (1 - beta1, beta2,
+    1 - beta2, eps), written once."""
+
+    def __init__(self, numels: tuple[int, ...], device: torch.device, constants: list[float]) -> None:
+        self.blocks = BlockTables(numels, device)
+        self.values = torch.empty(SCALAR_ROWS, len(numels), dtype=torch.float32, device=device)
+        for row, value in enumerate(constants, start=3):
+            self.values[row].fill_(value)  # a Python float rounded to fp32 as torch.tensor rounds it
+        self._pointers: tuple[int, ...] = ()
+        self._addresses: torch.Tensor | None = None
+
+    @staticmethod
+    def _pointers_of(arrays: list[list[torch.Tensor]]) -> tuple[int, ...]:
+        return tuple(a.data_ptr() for tensors in arrays for a in tensors)
+
+    def needs_addresses(self, arrays: list[list[torch.Tensor]]) -> bool:
+        """Whether ``arrays`` are not (all) where the address table points."""
+        return self._pointers_of(arrays) != self._pointers
+
+    def set_addresses(self, arrays: list[list[torch.Tensor]]) -> None:
+        """Point the address table at ``arrays`` (a copy from the host)."""
+        self._addresses, self._pointers = address_table(arrays), self._pointers_of(arrays)
+
+    def __call__(self, decay: torch.Tensor, step_size: torch.Tensor, bias_correction2_sqrt: torch.Tensor) -> None:
+        """Launch on the arrays of ``set_addresses``: ``decay`` (0-dim), ``step_size`` and ``bias_correction2_sqrt``
+        (one per tensor) on the device, in any float dtype (rounded to fp32 here)."""
+        self.values[0].copy_(decay.expand(self.values.shape[1]))
+        self.values[1].copy_(step_size)
+        self.values[2].copy_(bias_correction2_sqrt)
+        launch(self._addresses, self.values, self.blocks)
+
+
 def ramped_adamw_(arrays: list[list[torch.Tensor]], scalars: list[list[float]], tables: BlockTables) -> None:
     """Launch the step. ``arrays``: per tensor [param, grad, exp_avg, exp_avg_sq, grad_accum, accum_count,
     update_period], all contiguous (fp32, fp32, ..., int32, int32) on one device; ``scalars``: per tensor the seven
     SCALAR_ROWS values."""
-    device = arrays[0][0].device
     n = len(arrays)
-    addresses = _to_device([arrays[t][row].data_ptr() for row in range(ADDRESS_ROWS) for t in range(n)],
-                           torch.int64, device)
-    values = _to_device([scalars[t][row] for row in range(SCALAR_ROWS) for t in range(n)], torch.float32, device)
-    _ramped_adamw_kernel[(tables.programs,)](addresses, values, tables.tensor, tables.start, tables.numel, n,
-                                             BLOCK=BLOCK, num_warps=4)
+    values = _to_device([scalars[t][row] for row in range(SCALAR_ROWS) for t in range(n)], torch.float32,
+                        arrays[0][0].device)
+    launch(address_table(arrays), values, tables)

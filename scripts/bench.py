@@ -10,14 +10,18 @@ Step time: median over ``--steps`` steps after ``--warmup``, each step bracketed
 counts the GPU's idle time); peak memory over the timed steps. A method that calibrates (Q-Ramping) also times one
 calibration of ``--calib-steps`` steps and amortizes it over an epoch of ``--steps-per-epoch`` steps. Then the
 quantizer kernels' bandwidth (scripts/bench_quant.py) and, with ``--profile``, where a tetrajet step's GPU time goes
-and whether the step is host- or GPU-bound.
+and whether the step is host- or GPU-bound. ``--cuda-graph`` adds a row per method for the same step replayed as CUDA
+graphs (train.cuda_graph: training.GraphedTrainStep, the optimizer capturable, the loss read on the host between the
+two graphs as the training loop does), its ratios against BF16 replayed likewise.
 
 Usage: python scripts/bench.py [--models deit_tiny,deit_small,deit_base] [--methods bf16,tetrajet,...]
-       [--batch 256] [--steps 30] [--warmup 10] [--no-kernels] [--profile] [--json bench.json] [--commit SHA]
+       [--batch 256] [--steps 30] [--warmup 10] [--cuda-graph] [--no-kernels] [--profile] [--json bench.json]
+       [--commit SHA]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -40,7 +44,7 @@ from models import PAPER_MODELS, build_model
 from quantization import MethodHook, QRampingAdamW, TrainingContext, get_recipe, hooks_optimizer, method_hooks
 from quantization.ema import qema_layers
 from quantization.linear import QEMA_WARMUP_UPDATES
-from training import source_commit
+from training import GraphedTrainStep, source_commit
 
 MODELS = {name.split("_patch")[0]: name for name in PAPER_MODELS}  # deit_tiny -> deit_tiny_patch16_224, ...
 METHODS = ("bf16", "tetrajet", "tetrajet_qema", "tetrajet_qramping")
@@ -83,13 +87,13 @@ def target_cell(ratio: float | None, limit: float | None) -> str:
 
 
 def summarize(runs: list[dict], batch: int, steps_per_epoch: int) -> list[dict]:
-    """Measured runs (model, method, step_ms, peak_mib, calibration_s or None) with ratios to the same model's bf16
-    run (None without one), amortized step time (+ calibration / steps_per_epoch), images/s and GPU-hours (both at
-    the amortized time), and the targets."""
-    bf16 = {r["model"]: r for r in runs if r["method"] == "bf16"}
+    """Measured runs (model, method, step_ms, peak_mib, calibration_s or None; graph: replayed as CUDA graphs, False
+    if absent) with ratios to the same model's bf16 run stepped the same way (None without one), amortized step time
+    (+ calibration / steps_per_epoch), images/s and GPU-hours (both at the amortized time), and the targets."""
+    bf16 = {(r["model"], r.get("graph", False)): r for r in runs if r["method"] == "bf16"}
     rows = []
     for run in runs:
-        base = bf16.get(run["model"])
+        base = bf16.get((run["model"], run.get("graph", False)))
         calib = run["calibration_s"]
         amortized = None if calib is None else run["step_ms"] + calib * 1e3 / steps_per_epoch
         effective = amortized if amortized is not None else run["step_ms"]
@@ -110,10 +114,11 @@ def format_table(rows: list[dict]) -> str:
     def num(value: float | None, spec: str, suffix: str = "") -> str:
         return "-" if value is None else f"{value:{spec}}{suffix}"
 
-    lines = [f"{'method':<18} {'step ms':>8} {'x bf16':>7} {'amort ms':>9} {'x bf16':>7} {'target':>13} "
+    lines = [f"{'method':<24} {'step ms':>8} {'x bf16':>7} {'amort ms':>9} {'x bf16':>7} {'target':>13} "
              f"{'peak MiB':>9} {'x bf16':>7} {'target':>13} {'img/s':>7} {'GPU-h 90ep':>10}"]
     for r in rows:
-        lines.append(f"{r['method']:<18} {r['step_ms']:8.1f} {num(r['ratio'], '.2f', 'x'):>7} "
+        label = r["method"] + (" +graph" if r.get("graph") else "")
+        lines.append(f"{label:<24} {r['step_ms']:8.1f} {num(r['ratio'], '.2f', 'x'):>7} "
                      f"{num(r['amortized_ms'], '.1f'):>9} {num(r['amortized_ratio'], '.2f', 'x'):>7} "
                      f"{r['target']:>13} {r['peak_mib']:9.0f} {num(r['mem_ratio'], '.2f', 'x'):>7} "
                      f"{r['mem_target']:>13} {r['images_per_s']:7.0f} {r['gpu_hours_90_epochs']:10.1f}")
@@ -135,15 +140,16 @@ def steady_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         optimizer.set_update_periods(realistic_periods(block_weights(model)))
 
 
-def build(model_name: str, method: str,
-          args: argparse.Namespace) -> tuple[nn.Module, torch.optim.Optimizer, list[MethodHook]]:
-    """Seeded model on the GPU, its optimizer and the method's attached hooks, as the module docstring says."""
+def build(model_name: str, method: str, args: argparse.Namespace,
+          capturable: bool = False) -> tuple[nn.Module, torch.optim.Optimizer, list[MethodHook]]:
+    """Seeded model on the GPU, its optimizer (``capturable``: for CUDA graphs) and the method's attached hooks, as
+    the module docstring says."""
     torch.manual_seed(0)
     recipe = get_recipe(method)
     model = build_model(MODELS[model_name], recipe, img_size=args.img_size).cuda()
     hooks = method_hooks(recipe)
     adamw = hooks_optimizer(hooks) or torch.optim.AdamW
-    optimizer = adamw(param_groups_weight_decay(model, WEIGHT_DECAY), **HYPER, fused=True)
+    optimizer = adamw(param_groups_weight_decay(model, WEIGHT_DECAY), **HYPER, fused=True, capturable=capturable)
     context = TrainingContext(model, optimizer, args.steps_per_epoch, EPOCHS * args.steps_per_epoch, torch.bfloat16)
     for hook in hooks:
         if hook.calibration_steps:
@@ -153,13 +159,18 @@ def build(model_name: str, method: str,
     return model, optimizer, hooks
 
 
+def synthetic_batch(batch: int, img_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random images and labels on the GPU."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    return (torch.randn(batch, 3, img_size, img_size, generator=g, device="cuda"),
+            torch.randint(0, 1000, (batch,), generator=g, device="cuda"))
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: Sequence[MethodHook], batch: int,
                img_size: int) -> Callable[[int], None]:
     """A training step on a fixed synthetic batch; takes the step index (the calibrator passes it; 0 otherwise),
     which the hooks' extra loss terms see."""
-    g = torch.Generator(device="cuda").manual_seed(1)
-    x = torch.randn(batch, 3, img_size, img_size, generator=g, device="cuda")
-    y = torch.randint(0, 1000, (batch,), generator=g, device="cuda")
+    x, y = synthetic_batch(batch, img_size)
 
     def step(index: int = 0) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -171,6 +182,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: Sequen
                 loss = loss + extra
         loss.backward()
         optimizer.step()
+
+    return step
+
+
+def graphed_step(graph: GraphedTrainStep, batch: int, img_size: int) -> Callable[[int], None]:
+    """``train_step``'s step through ``graph`` (captured after its warm-up), reading the loss on the host between
+    the two graphs as the training loop does."""
+    x, y = synthetic_batch(batch, img_size)
+
+    def step(index: int = 0) -> None:
+        graph.forward_backward(x, y, index).item()
+        graph.optimizer_step()
 
     return step
 
@@ -190,15 +213,20 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int) -> tuple[float
     return statistics.median(s.elapsed_time(e) for s, e in events), torch.cuda.max_memory_allocated() / 2**20
 
 
-def measure(model_name: str, method: str, args: argparse.Namespace) -> dict:
+def measure(model_name: str, method: str, args: argparse.Namespace, graphed: bool = False) -> dict:
     """One run: step time and peak memory, plus the seconds of one calibration for a method that calibrates (else
-    None)."""
-    model, optimizer, hooks = build(model_name, method, args)
-    step = train_step(model, optimizer, hooks, args.batch, args.img_size)
-    step_ms, peak_mib = time_steps(step, args.warmup, args.steps)
+    None); ``graphed``: the step replayed as CUDA graphs (its calibration eager, as in training)."""
+    model, optimizer, hooks = build(model_name, method, args, capturable=graphed)
+    graph = GraphedTrainStep(model, nn.CrossEntropyLoss(), optimizer, device=torch.device("cuda"),
+                             amp_dtype=torch.bfloat16, clip_grad=None, hooks=hooks) if graphed else None
+    step = graphed_step(graph, args.batch, args.img_size) if graphed else \
+        train_step(model, optimizer, hooks, args.batch, args.img_size)
+    step_ms, peak_mib = time_steps(step, max(args.warmup, graph.warmup + 1) if graphed else args.warmup, args.steps)
     calibrating = [hook for hook in hooks if hook.calibration_steps]
-    calibration_s = sum(hook.calibrate(step)["seconds"] for hook in calibrating) if calibrating else None
-    return dict(model=model_name, method=method, step_ms=step_ms, peak_mib=peak_mib, calibration_s=calibration_s)
+    with graph.eager() if graphed else contextlib.nullcontext():
+        calibration_s = sum(hook.calibrate(step)["seconds"] for hook in calibrating) if calibrating else None
+    return dict(model=model_name, method=method, graph=graphed, step_ms=step_ms, peak_mib=peak_mib,
+                calibration_s=calibration_s)
 
 
 def profile(model_name: str, args: argparse.Namespace, steps: int = 5) -> dict:
@@ -240,6 +268,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="steps that one Q-Ramping calibration is amortized over (ImageNet, 4 GPUs x 256)")
     parser.add_argument("--calib-steps", type=positive_int, default=30,
                         help="steps of a method's calibration (Q-Ramping's T0)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also time each method's step replayed as CUDA graphs (train.cuda_graph)")
     parser.add_argument("--no-kernels", action="store_true", help="skip the quantizer kernel table")
     parser.add_argument("--profile", action="store_true", help="profile a tetrajet step of the first model")
     parser.add_argument("--json", help="also write everything to this file")
@@ -259,9 +289,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     for model_name in args.models:
         runs = []
         for method in args.methods:
-            runs.append(measure(model_name, method, args))
-            gc.collect()
-            torch.cuda.empty_cache()
+            for graphed in (False, True) if args.cuda_graph else (False,):
+                runs.append(measure(model_name, method, args, graphed))
+                gc.collect()
+                torch.cuda.empty_cache()
         rows = summarize(runs, args.batch, args.steps_per_epoch)
         result["runs"] += rows
         print(f"\n{MODELS[model_name]}: batch {args.batch}, {args.img_size}px, median of {args.steps} steps after "

@@ -73,6 +73,18 @@ def test_summarize_ratios_amortization_and_targets():
     assert alone["ratio"] is None and alone["mem_ratio"] is None and alone["target"] == "<=1.25x ?"
 
 
+def test_graphed_rows_are_compared_with_graphed_bf16():
+    runs = [run("deit_tiny", "bf16", 30.0, 1000.0), run("deit_tiny", "tetrajet", 60.0, 900.0),
+            dict(run("deit_tiny", "bf16", 20.0, 1100.0), graph=True),
+            dict(run("deit_tiny", "tetrajet", 24.0, 950.0), graph=True)]
+    rows = bench.summarize(runs, batch=256, steps_per_epoch=1251)
+    assert [r["ratio"] for r in rows] == [1.0, 2.0, 1.0, pytest.approx(1.2)]
+    assert rows[3]["target"] == "<=1.25x ok" and rows[1]["target"] == "<=1.25x MISS"
+    lines = bench.format_table(rows).splitlines()
+    assert lines[4].startswith("tetrajet +graph ") and lines[2].startswith("tetrajet ")
+    assert bench.parse_args(["--cuda-graph"]).cuda_graph and not bench.parse_args([]).cuda_graph
+
+
 def test_format_table_layout():
     runs = [run("deit_small", "bf16", 100.0, 1000.0),
             run("deit_small", "tetrajet_qramping", 130.0, 1300.0, calibration_s=12.51)]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from quantization import QLinear, get_recipe
+from quantization import ramping
 from quantization.ramping import QRampingAdamW, QRampingCalibrator, QRampingConfig, update_periods_from_ratio
 
 HYPER = dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
@@ -282,3 +283,134 @@ def test_calibrator_errors():
         QRampingCalibrator(plain, QRampingAdamW(plain.parameters()), steps_per_epoch=10)
     with pytest.raises(ValueError, match="qramping.k2 must be an integer >= 0, got 2.5"):
         QRampingConfig(k2=2.5)
+
+
+# -- capturable=True: device counters and device scalars, bit for bit the host-counter step ----------------------
+
+def _two_groups(seed=0):
+    params = _params(seed)
+    return params, [{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}]
+
+
+def _scheduled_lr(step):
+    return HYPER["lr"] * (0.5 + 0.125 * (step % 5))  # a new rate at every step, as a per-step schedule sets it
+
+
+def _run_scheduled(optimizer, params, grads, first_step=0, lr_tensor=None, lr_of=_scheduled_lr):
+    for step, step_grads in enumerate(grads, start=first_step):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_of(step) if lr_tensor is None else lr_tensor.fill_(lr_of(step))
+        for p, g in zip(params, step_grads):
+            p.grad = g.clone()
+        optimizer.step()
+
+
+def _ramping_optimizer(params, groups, capturable, periods_seed=7):
+    optimizer = QRampingAdamW(groups, **HYPER, backend="triton", capturable=capturable)
+    g = torch.Generator().manual_seed(periods_seed)
+    optimizer.set_update_periods({p: torch.randint(1, 4, p.shape, generator=g) for p in params})
+    return optimizer
+
+
+def _assert_same_run(a_params, a_opt, b_params, b_opt):
+    _assert_equal(a_params, b_params)
+    for p, q in zip(a_params, b_params):
+        assert a_opt.state[p].keys() == b_opt.state[q].keys()
+        for key, value in a_opt.state[p].items():
+            assert torch.equal(value.cpu(), b_opt.state[q][key].cpu()), key
+
+
+@pytest.mark.parametrize("lr_dtype", [None, torch.float64, torch.float32])
+def test_capturable_step_is_the_host_counter_step_bit_for_bit(lr_dtype, monkeypatch):
+    """The device path (counters on the device, scalars computed there, lr a float or a tensor filled in place)
+    gives the host path's parameters and state bit for bit, without reading a tensor on the host."""
+    grads = _grads(6)
+    grads[2][0][0, :5] = float("nan")
+    host_params, host_groups = _two_groups()
+    host = _ramping_optimizer(host_params, host_groups, capturable=False)
+    if lr_dtype is torch.float32:  # the host run at the rates a float32 tensor holds
+        _run_scheduled(host, host_params, grads, lr_of=lambda step: float(torch.tensor(_scheduled_lr(step),
+                                                                                       dtype=torch.float32)))
+    else:
+        _run_scheduled(host, host_params, grads)
+
+    params, groups = _two_groups()
+    device = _ramping_optimizer(params, groups, capturable=True)
+    lr_tensor = None if lr_dtype is None else torch.zeros((), dtype=lr_dtype)
+
+    def no_host_read(*args, **kwargs):
+        raise AssertionError("the capturable step read a tensor on the host")
+
+    _run_scheduled(device, params, grads[:1], lr_tensor=lr_tensor)  # builds its tables (an eager warm-up step)
+    for name in ("tolist", "item"):
+        monkeypatch.setattr(torch.Tensor, name, no_host_read)
+    _run_scheduled(device, params, grads[1:], first_step=1, lr_tensor=lr_tensor)
+    monkeypatch.undo()
+    _assert_same_run(host_params, host, params, device)
+    assert all(group["capturable"] for group in device.param_groups)
+
+
+def test_capturable_step_past_the_end_of_the_bias_table():
+    """Steps beyond the table's last entry read that entry (1.0 both): still the host's values bit for bit."""
+    betas = (0.5, 0.6)
+    table = ramping.bias_correction_table(*betas)
+    last = table.shape[1] - 1
+    runs = []
+    for capturable in (False, True):
+        params = _params()
+        optimizer = QRampingAdamW(params, **{**HYPER, "betas": betas}, backend="triton", capturable=capturable)
+        optimizer.set_update_periods({p: torch.full(p.shape, 2) for p in params})
+        for p in params:
+            optimizer.state[p]["step"].fill_(last - 2)
+        _run(optimizer, params, _grads(5))
+        runs.append((params, optimizer))
+    _assert_same_run(*runs[0], *runs[1])
+    assert float(runs[1][1].state[runs[1][0][0]]["step"]) == last + 3
+
+
+def test_bias_correction_table_is_the_host_arithmetic():
+    beta1, beta2 = 0.9, 0.999
+    table = ramping.bias_correction_table(beta1, beta2)
+    last = table.shape[1] - 1
+    for step in (1, 2, 7, 100, 5000, last):
+        assert table[0, step].item() == 1 - beta1 ** float(step)
+        assert table[1, step].item() == (1 - beta2 ** float(step)) ** 0.5
+    assert table[:, last].tolist() == [1.0, 1.0]
+    assert all(1 - beta2 ** float(step) == 1.0 for step in range(last, last + 20000, 7))  # what clamping relies on
+    assert ramping.bias_correction_table(0.0, 0.0).shape == (2, 2)
+    with pytest.raises(ValueError, match=r"betas \(0.9, 0.9999999\) would need \d+ entries"):
+        ramping.bias_correction_table(0.9, 0.9999999)
+
+
+def _without_capturable(state):
+    """A state dict as QRampingAdamW wrote it before it had ``capturable``."""
+    state = copy.deepcopy(state)
+    for group in state["param_groups"]:
+        del group["capturable"]
+    return state
+
+
+@pytest.mark.parametrize("saved, loaded", [("old", True), ("host", True), ("device", False), ("device", True)])
+def test_state_dicts_resume_across_capturable_settings_bit_for_bit(saved, loaded):
+    """A run whose optimizer is saved mid-accumulation and loaded into one of either setting continues exactly as
+    the uninterrupted host-counter run; the loaded optimizer keeps its own setting."""
+    grads = _grads(8)
+    want_params, want_groups = _two_groups()
+    want = _ramping_optimizer(want_params, want_groups, capturable=False)
+    _run_scheduled(want, want_params, grads)
+
+    params, groups = _two_groups()
+    first = _ramping_optimizer(params, groups, capturable=saved == "device")
+    _run_scheduled(first, params, grads[:4])
+    state = copy.deepcopy(first.state_dict())
+    if saved == "old":
+        state = _without_capturable(state)
+    resumed = [p.detach().clone().requires_grad_() for p in params]
+    other = QRampingAdamW([{"params": resumed[:2]}, {"params": resumed[2:], "weight_decay": 0.0}], **HYPER,
+                          backend="triton", capturable=loaded)
+    other.load_state_dict(state)
+    assert all(group["capturable"] is loaded for group in other.param_groups)
+    assert all(s["step"].dtype == torch.float32 and s["update_period"].dtype == torch.int32
+               for s in other.state.values())
+    _run_scheduled(other, resumed, grads[4:], first_step=4)
+    _assert_same_run(want_params, want, resumed, other)
