@@ -13,14 +13,14 @@ A' B' = A D H H^T D B = A B in exact arithmetic), quantize A' and B' with ``pres
 multiply, and divide the product by prescale^2.
 
 ``prescaled_quantize``: per block of 32, s = floor(log2 amax) - emax (OCP, amax of the *un-prescaled* block), then the
-grid value is SR(prescale * x / 2^s) and the dequantized value 2^s * SR(prescale * x / 2^s). Since amax / 2^s < 2 * 2^emax
-(< 8 for E2M1), prescale 3/4 keeps every scaled value <= 6 = the E2M1 max: clipping never happens, and stochastic
-rounding is unbiased, E[Q(x)] = prescale * x exactly. Note that ``ops.quantize(0.75 * x, scale_rule="floor")`` is NOT
-the same thing: it takes the scale from the amax of 0.75 x, which drops one binade when amax's significand is below 4/3,
-and then clips (e.g. amax = 1.2 * 2^k). Hence this module computes the scale itself, from ``reference`` building blocks
-(pure PyTorch, runs on any device; the Triton kernels are not used). The stochastic rounding uses the project's
-counter-based hash (``reference.uniform_from_index``) seeded by ``ops.seed_words`` from torch's generator of the
-tensor's device.
+grid value is SR(prescale * x / 2^s) and the dequantized value 2^s * SR(prescale * x / 2^s). Since amax / 2^s
+< 2 * 2^emax (< 8 for E2M1), prescale 3/4 keeps every scaled value <= 6 = the E2M1 max: clipping never happens, and
+stochastic rounding is unbiased, E[Q(x)] = prescale * x exactly. Note that
+``ops.quantize(0.75 * x, scale_rule="floor")`` is NOT the same thing: it takes the scale from the amax of 0.75 x, which
+drops one binade when amax's significand is below 4/3, and then clips (e.g. amax = 1.2 * 2^k). Hence this module
+computes the scale itself, from ``reference`` building blocks (pure PyTorch, runs on any device; the Triton kernels are
+not used). The stochastic rounding uses the project's counter-based hash (``reference.uniform_from_index``) seeded by
+``ops.seed_words`` from torch's generator of the tensor's device.
 
 Tails: the reduction dim is zero-padded to a multiple of ``hadamard_block`` before the transform. Because the padded
 dim is contracted by the GEMM, nothing has to be sliced back: zero rows/columns of both operands, mixed by the same

@@ -46,7 +46,7 @@ def kernel_rows(x: torch.Tensor) -> list[dict]:
         want_values, want_packed = "values" in outputs, "packed" in outputs
         read = n * x.element_size() + (n * 4 if rounding == "ema" else 0)
         written = (n * x.element_size() if want_values else 0) + ((n // 2 + n // 32) if want_packed else 0)
-        ms = bench_ms(lambda: kernels.quantize_2d(x, fmt, layout, "rceil", rounding, ema2d=ema, seed=SEEDS[0],
+        ms = bench_ms(lambda: kernels.quantize_2d(x, layout, fmt, "rceil", rounding, ema2d=ema, seed=SEEDS[0],
                                                   want_values=want_values, want_packed=want_packed))
         gbs = (read + written) / ms / 1e6
         rows.append(dict(kernel=f"quantize {layout} {rounding} -> {outputs}", ms=ms, gbs=gbs, share=gbs / copy_gbs))
@@ -58,7 +58,7 @@ def fused_rows(x: torch.Tensor, copy_gbs: float) -> list[dict]:
     requantized in 32x1 blocks (Q6 of Q1(X))."""
     fmt = get_format("e2m1")
     n, size = x.numel(), x.element_size()
-    _, packed, scales = kernels.quantize_2d(x, fmt, "1x32", "rceil", "nearest", ema2d=None, seed=SEEDS[0],
+    _, packed, scales = kernels.quantize_2d(x, "1x32", fmt, "rceil", "nearest", ema2d=None, seed=SEEDS[0],
                                             want_values=False, want_packed=True)
     rows = []
     for rounding in ("nearest", "stochastic"):
@@ -66,7 +66,7 @@ def fused_rows(x: torch.Tensor, copy_gbs: float) -> list[dict]:
         gbs = 3 * n * size / ms / 1e6
         rows.append(dict(kernel=f"quantize both layouts {rounding} -> 2x values", ms=ms, gbs=gbs,
                          share=gbs / copy_gbs))
-        ms = bench_ms(lambda: kernels.requantize_2d(packed, scales, fmt, *x.shape, x.dtype, fmt, "rceil", rounding,
+        ms = bench_ms(lambda: kernels.requantize_2d(packed, scales, fmt, x.shape[1], x.dtype, fmt, "rceil", rounding,
                                                     seed=SEEDS[0]))
         gbs = (n // 2 + n // 32 + n * size) / ms / 1e6
         rows.append(dict(kernel=f"requantize 1x32 packed -> 32x1 {rounding}", ms=ms, gbs=gbs, share=gbs / copy_gbs))
@@ -108,9 +108,9 @@ def dequant_rows(x: torch.Tensor, copy_gbs: float) -> list[dict]:
     n = x.numel()
     rows = []
     for layout in ("1x32", "32x1"):
-        _, packed, scales = kernels.quantize_2d(x, fmt, layout, "rceil", "nearest", ema2d=None, seed=SEEDS[0],
+        _, packed, scales = kernels.quantize_2d(x, layout, fmt, "rceil", "nearest", ema2d=None, seed=SEEDS[0],
                                                 want_values=False, want_packed=True)
-        ms = bench_ms(lambda: kernels.dequantize_2d(packed, scales, fmt, layout, *x.shape, x.dtype))
+        ms = bench_ms(lambda: kernels.dequantize_2d(packed, scales, layout, fmt, x.shape[1], x.dtype))
         gbs = (n // 2 + n // 32 + n * x.element_size()) / ms / 1e6
         rows.append(dict(kernel=f"dequantize {layout} packed -> values", ms=ms, gbs=gbs, share=gbs / copy_gbs))
     return rows
@@ -178,19 +178,19 @@ def sweep(x: torch.Tensor) -> list[dict]:
     values+packed (Q1/Q2 forward) and stochastic values; both layouts stochastic (Q3+Q5); requantize stochastic."""
     fmt = get_format("e2m1")
     n = x.numel()
-    _, packed, scales = kernels.quantize_2d(x, fmt, "1x32", "rceil", "nearest", ema2d=None, seed=SEEDS[0],
+    _, packed, scales = kernels.quantize_2d(x, "1x32", fmt, "rceil", "nearest", ema2d=None, seed=SEEDS[0],
                                             want_values=False, want_packed=True)
     cases = {
         "nearest values+packed": (lambda layout, launch: kernels.quantize_2d(
-            x, fmt, layout, "rceil", "nearest", ema2d=None, seed=SEEDS[0], want_values=True, want_packed=True,
+            x, layout, fmt, "rceil", "nearest", ema2d=None, seed=SEEDS[0], want_values=True, want_packed=True,
             launch=launch), n * 4.5 + n / 32),
         "stochastic values": (lambda layout, launch: kernels.quantize_2d(
-            x, fmt, layout, "rceil", "stochastic", ema2d=None, seed=SEEDS[0], want_values=True, want_packed=False,
+            x, layout, fmt, "rceil", "stochastic", ema2d=None, seed=SEEDS[0], want_values=True, want_packed=False,
             launch=launch), n * 4),
         "both layouts stochastic": (lambda layout, launch: kernels.quantize_both_layouts_2d(
             x, fmt, "rceil", "stochastic", seeds=SEEDS, launch=launch), n * 6),
         "requantize stochastic": (lambda layout, launch: kernels.requantize_2d(
-            packed, scales, fmt, *x.shape, x.dtype, fmt, "rceil", "stochastic", seed=SEEDS[0], launch=launch),
+            packed, scales, fmt, x.shape[1], x.dtype, fmt, "rceil", "stochastic", seed=SEEDS[0], launch=launch),
             n * 2.5 + n / 32),
     }
     out = []

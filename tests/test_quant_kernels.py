@@ -82,8 +82,8 @@ def test_seed_words_of_one_read_from_the_device():
 
     x = torch.randn(40, 70)
     for layout in ("1x32", "32x1"):
-        got, _, _ = kernels.quantize_2d(x, get_format("e2m1"), layout, "rceil", "stochastic", ema2d=None,
+        got, _, _ = kernels.quantize_2d(x, layout, get_format("e2m1"), "rceil", "stochastic", ema2d=None,
                                         seed=torch.tensor([1, 1]), want_values=True, want_packed=False)
-        want, _, _ = reference.quantize_2d(x, get_format("e2m1"), layout, "rceil", "stochastic",
+        want, _, _ = reference.quantize_2d(x, layout, get_format("e2m1"), "rceil", "stochastic",
                                            seed=torch.tensor([1, 1]))
         assert_bitwise_equal(got, want)

@@ -6,9 +6,25 @@ binade, largest magnitude, 4-bit code layout) is derived here, so adding a forma
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Rounding(IntEnum):
+    """The rounding modes; a mode's name in lower case is its public name, its value the code the kernels take."""
+
+    NEAREST = 0  # to nearest, ties away from zero
+    EVEN = 1  # to nearest, ties to even
+    STOCHASTIC = 2  # up with probability frac (counter-based hash of the element index and two seed words)
+    EMA = 3  # Q-EMA: toward the grid neighbour nearer the EMA weight
+
+    @classmethod
+    def named(cls, name: str) -> "Rounding":
+        """The mode of a public name (``"nearest"``, ``"even"``, ``"stochastic"``, ``"ema"``)."""
+        return cls[name.upper()]
+
 
 SCALE_RULES = ("rceil", "floor")
-ROUNDINGS = ("nearest", "even", "stochastic", "ema")
+ROUNDINGS = tuple(mode.name.lower() for mode in Rounding)
 LAYOUTS = ("1x32", "32x1")
 BLOCK_SIZE = 32
 # E8M0 shared exponent: clamped to [-127, 127], stored biased by 127; 255 marks a NaN block (OCP MX spec).

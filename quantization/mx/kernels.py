@@ -10,10 +10,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .formats import BLOCK_SIZE, ElementFormat
+from .formats import BLOCK_SIZE, LAYOUTS, ElementFormat, Rounding
 from .reference import overflow_exponent
 
-ROUNDING_CODES = {"nearest": 0, "even": 1, "stochastic": 2, "ema": 3}
+# The rounding modes as the kernels compare their ROUNDING argument with them (a @triton.jit function reads a global
+# only if it is a tl.constexpr instance).
+ROUND_NEAREST = tl.constexpr(Rounding.NEAREST.value)
+ROUND_EVEN = tl.constexpr(Rounding.EVEN.value)
+ROUND_STOCHASTIC = tl.constexpr(Rounding.STOCHASTIC.value)
+ROUND_EMA = tl.constexpr(Rounding.EMA.value)
 # Launch shapes picked by scripts/bench_quant.py --sweep on an H100 (a 50432x384 bf16 tensor): 1x32 tiles of 32
 # blocks x 32 elements with 4 warps; 32x1 bands of 32 rows x 64 columns with 2 warps; the backward pass's fused
 # kernels (stochastic) on bands of 32 x 32 with 2 warps.
@@ -21,6 +26,7 @@ LAUNCH_1X32 = dict(groups=32, num_warps=4)
 LAUNCH_32X1 = dict(block_c=64, num_warps=2)
 LAUNCH_BOTH_LAYOUTS = dict(block_c=32, num_warps=2)
 LAUNCH_REQUANTIZE = dict(block_c=32, num_warps=2)
+LAUNCH_DEQUANTIZE = dict(block_r=32, block_c=64, num_warps=4)
 
 
 @triton.jit
@@ -91,20 +97,28 @@ def _load_seed(seed_ptr, ROUNDING: tl.constexpr):
     roundings read nothing."""
     seed0 = tl.full((), 0, tl.uint32)
     seed1 = tl.full((), 0, tl.uint32)
-    if ROUNDING == 2:
+    if ROUNDING == ROUND_STOCHASTIC:
         seed0 = tl.load(seed_ptr).to(tl.uint32)
         seed1 = tl.load(seed_ptr + 1).to(tl.uint32)
     return seed0, seed1
 
 
 @triton.jit
-def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
-                   MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr, MAX_VALUE: tl.constexpr,
-                   MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr, SIGN_BIT: tl.constexpr,
-                   RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
-                   OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
-    """Quantize an fp32 tile given its (broadcastable) block amax. Returns (dequantized, code, biased scale).
-    OVERFLOW_EXP, SAT_VALUE, SAT_CODE: the output dtype's saturation (reference.magnitude_limit)."""
+def _quantize_tile(x, amax, finite, index, ema, seed0, seed1, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr,
+                   RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
+    """Quantize an fp32 tile given its (broadcastable) block amax to the EXP_BITS/MAN_BITS format. Returns
+    (dequantized, code, biased scale). OVERFLOW_EXP: the block scale exponent at which the output dtype saturates
+    (reference.magnitude_limit). The format's constants are ElementFormat's properties, computed at compile time."""
+    BIAS: tl.constexpr = (1 << (EXP_BITS - 1)) - 1
+    EMIN: tl.constexpr = 1 - BIAS
+    EMAX: tl.constexpr = (1 << EXP_BITS) - 1 - BIAS
+    MAX_VALUE: tl.constexpr = 2.0**EMAX * (2.0 - 2.0**-MAN_BITS)
+    MAX_MANT_FIELD: tl.constexpr = (1 << 23) - (1 << (23 - MAN_BITS))
+    SIGN_BIT: tl.constexpr = 1 << (EXP_BITS + MAN_BITS)
+    MAX_CODE: tl.constexpr = SIGN_BIT - 1
+    SAT_CODE: tl.constexpr = (((1 << EXP_BITS) - 1) << MAN_BITS) - 1
+    # The grid value below 2^emax, one step of the binade below (of the subnormals when that is emin's, as in E1M2).
+    SAT_VALUE: tl.constexpr = 2.0**EMAX - 2.0**((EMAX - 1 if EMAX - 1 > EMIN else EMIN) - MAN_BITS)
     amax = tl.where(finite, amax, 0.0)
     amax_bits = amax.to(tl.int32, bitcast=True)
     s = ((amax_bits >> 23) & 0xFF) - 127 - EMAX
@@ -120,14 +134,14 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
     a = av * _pow2_normal(MAN_BITS - binade)
     low = tl.floor(a)
     frac = a - low  # exact (floor(a + 0.5) is not: just below a = 0.5, a + 0.5 rounds up to 1)
-    if ROUNDING == 0:
+    if ROUNDING == ROUND_NEAREST:
         up = frac >= 0.5
-    elif ROUNDING == 1:
+    elif ROUNDING == ROUND_EVEN:
         low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
         up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
-    elif ROUNDING == 2:
+    elif ROUNDING == ROUND_STOCHASTIC:
         up = _uniform(index, seed0, seed1) < frac
-    else:
+    else:  # ROUND_EMA
         up = sign * tl.where(amax > 0, ema * _pow2(-s), 0.0) >= (low + 0.5) * step  # an all-zero block stays zero
     k = low + up.to(tl.float32)
     saturating = s == OVERFLOW_EXP  # per block: from 2^emax up the grid would overflow the output dtype
@@ -143,17 +157,14 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1,
 
 @triton.jit
 def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y: tl.constexpr,
-                     IS_BF16: tl.constexpr, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
-                     MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                     SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
-                     OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
+                     IS_BF16: tl.constexpr, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, RCEIL: tl.constexpr,
+                     ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
     """Quantize a loaded tile given its broadcast block amax, store the values if asked; returns (codes, scales)."""
     ema = x
-    if ROUNDING == 3:
+    if ROUNDING == ROUND_EMA:
         ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    deq, code, scale = _quantize_tile(x, amax, finite, offs, ema, seed0, seed1, MAN_BITS, EMIN, EMAX, MAX_VALUE,
-                                      MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
-                                      OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
+    deq, code, scale = _quantize_tile(x, amax, finite, offs, ema, seed0, seed1, EXP_BITS, MAN_BITS, RCEIL, ROUNDING,
+                                      OVERFLOW_EXP)
     if WRITE_Y:
         tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
     return code, scale
@@ -161,12 +172,9 @@ def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, 
 
 @triton.jit
 def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed_ptr,
-                          GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
-                          WRITE_PACKED: tl.constexpr,
-                          MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
-                          MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                          SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
-                          OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
+                          GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_PACKED: tl.constexpr,
+                          IS_BF16: tl.constexpr, WIDE: tl.constexpr, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr,
+                          RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
     """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short)."""
     blocks_per_row = tl.cdiv(cols, 32)
     group = _program_start(0, GROUPS, WIDE) + tl.arange(0, GROUPS)
@@ -182,8 +190,7 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     amax = tl.max(ax, axis=1)
     seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
     code, scale = _round_and_store(x, amax[:, None], finite[:, None], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
-                                   IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT,
-                                   RCEIL, ROUNDING, OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
+                                   IS_BF16, EXP_BITS, MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (GROUPS, 16, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
@@ -195,12 +202,9 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
 
 @triton.jit
 def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed_ptr,
-                          BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
-                          WRITE_PACKED: tl.constexpr,
-                          MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
-                          MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                          SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
-                          OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
+                          BLOCK_C: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_PACKED: tl.constexpr,
+                          IS_BF16: tl.constexpr, WIDE: tl.constexpr, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr,
+                          RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
     """Each program handles one band of 32 rows x BLOCK_C columns; each column of the band is one block."""
     row = _program_start(0, 32, WIDE) + tl.arange(0, 32)
     col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -212,8 +216,7 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     amax = tl.max(ax, axis=0)
     seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
     code, scale = _round_and_store(x, amax[None, :], finite[None, :], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
-                                   IS_BF16, MAN_BITS, EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT,
-                                   RCEIL, ROUNDING, OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
+                                   IS_BF16, EXP_BITS, MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (32, BLOCK_C // 2, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
@@ -224,11 +227,14 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
 
 
 @triton.jit
-def _decode(code, biased, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
-            SIGN_BIT: tl.constexpr):
-    """fp32 value of 4-bit codes (int32) under biased E8M0 exponents (int32, 255 = NaN block). A normal code's fp32
-    bits are its magnitude bits shifted into place plus the exponent offset; subnormal codes are multiples of
-    2^(EMIN - MAN_BITS)."""
+def _decode(code, biased, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr):
+    """fp32 value of 4-bit codes (int32) of the EXP_BITS/MAN_BITS format under biased E8M0 exponents (int32, 255 =
+    NaN block). A normal code's fp32 bits are its magnitude bits shifted into place plus the exponent offset;
+    subnormal codes are multiples of 2^(EMIN - MAN_BITS)."""
+    BIAS: tl.constexpr = (1 << (EXP_BITS - 1)) - 1
+    EMIN: tl.constexpr = 1 - BIAS
+    SIGN_BIT: tl.constexpr = 1 << (EXP_BITS + MAN_BITS)
+    MAX_CODE: tl.constexpr = SIGN_BIT - 1
     magnitude = code & MAX_CODE
     normal = ((magnitude << (23 - MAN_BITS)) + ((127 - BIAS) << 23)).to(tl.float32, bitcast=True)
     subnormal_unit = _pow2_normal(tl.full((), EMIN - MAN_BITS, tl.int32))
@@ -241,8 +247,7 @@ def _decode(code, biased, MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.c
 
 @triton.jit
 def _load_packed_band(packed_ptr, scales_ptr, row, byte_col, rows, pstride, scale_stride, ROW_BLOCKS: tl.constexpr,
-                      MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
-                      SIGN_BIT: tl.constexpr):
+                      EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr):
     """Decode the bytes at (row, byte_col) of a packed tensor into fp32 values, element 2j (low nibble) and 2j+1
     interleaved along the last axis. ROW_BLOCKS: scales of the 32x1 layout (else 1x32)."""
     mask = (row < rows) & (byte_col < pstride)
@@ -255,22 +260,20 @@ def _load_packed_band(packed_ptr, scales_ptr, row, byte_col, rows, pstride, scal
     else:
         low_scale = tl.load(scales_ptr + row * scale_stride + byte_col // 16, mask=mask, other=0).to(tl.int32)
         high_scale = low_scale
-    low = _decode(byte & 0xF, low_scale, MAN_BITS, EMIN, BIAS, MAX_CODE, SIGN_BIT)
-    high = _decode(byte >> 4, high_scale, MAN_BITS, EMIN, BIAS, MAX_CODE, SIGN_BIT)
+    low = _decode(byte & 0xF, low_scale, EXP_BITS, MAN_BITS)
+    high = _decode(byte >> 4, high_scale, EXP_BITS, MAN_BITS)
     return tl.interleave(low, high)
 
 
 @triton.jit
 def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols, pstride, scale_stride,
                        BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, ROW_BLOCKS: tl.constexpr,
-                       IS_BF16: tl.constexpr, WIDE: tl.constexpr,
-                       MAN_BITS: tl.constexpr, EMIN: tl.constexpr, BIAS: tl.constexpr, MAX_CODE: tl.constexpr,
-                       SIGN_BIT: tl.constexpr):
+                       IS_BF16: tl.constexpr, WIDE: tl.constexpr, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr):
     """Packed codes + biased E8M0 scales -> values, BLOCK_R rows x BLOCK_C columns per program."""
     row = _program_start(0, BLOCK_R, WIDE) + tl.arange(0, BLOCK_R)
     byte_col = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
     value = _load_packed_band(packed_ptr, scales_ptr, row[:, None], byte_col[None, :], rows, pstride, scale_stride,
-                              ROW_BLOCKS, MAN_BITS, EMIN, BIAS, MAX_CODE, SIGN_BIT)
+                              ROW_BLOCKS, EXP_BITS, MAN_BITS)
     col = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     tl.store(y_ptr + row[:, None] * cols + col[None, :], _to_output(value, IS_BF16, y_ptr.dtype.element_ty),
              mask=(row[:, None] < rows) & (col[None, :] < cols))
@@ -320,12 +323,22 @@ def _abs_or_inf(x):
 
 
 @triton.jit
+def _quantize_pairs(low, high, amax_low, amax_high, index, seed0, seed1, EXP_BITS: tl.constexpr,
+                    MAN_BITS: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
+    """Dequantized element pairs (low: element 2j at ``index``, high: 2j+1) given the broadcast amax of each one's
+    block, +inf for a block that must come out NaN."""
+    low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed0, seed1, EXP_BITS, MAN_BITS,
+                                 RCEIL, ROUNDING, OVERFLOW_EXP)
+    high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed0, seed1, EXP_BITS,
+                                  MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
+    return low_q, high_q
+
+
+@triton.jit
 def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols, seed_rows_ptr, seed_cols_ptr,
                                   BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
-                                  MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
-                                  MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                                  SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
-                                  OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
+                                  EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, RCEIL: tl.constexpr,
+                                  ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
     """One read, two quantizations: a band of 32 rows x BLOCK_C columns (2 * half_cols columns in all) quantized in
     1x32 blocks (to y_rows, seed words at seed_rows_ptr) and in 32x1 blocks (to y_cols, at seed_cols_ptr), as a
     (rows, blocks, 16 pairs) tile of element pairs. The backward pass's dY feeds Q3 and Q5 this way."""
@@ -341,36 +354,25 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols
     seed2, seed3 = _load_seed(seed_cols_ptr, ROUNDING)
     abs_low, abs_high = _abs_or_inf(low), _abs_or_inf(high)
     amax = tl.maximum(tl.max(abs_low, axis=2), tl.max(abs_high, axis=2))[:, :, None]
-    finite = amax < float("inf")
-    low_q, _, _ = _quantize_tile(low, amax, finite, index, low, seed0, seed1, MAN_BITS, EMIN, EMAX, MAX_VALUE,
-                                 MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING, OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
-    high_q, _, _ = _quantize_tile(high, amax, finite, index + 1, high, seed0, seed1, MAN_BITS, EMIN, EMAX,
-                                  MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
-                                  OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
+    low_q, high_q = _quantize_pairs(low, high, amax, amax, index, seed0, seed1, EXP_BITS, MAN_BITS, RCEIL, ROUNDING,
+                                    OVERFLOW_EXP)
     _store_pairs(y_rows_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
     amax_low = tl.max(abs_low, axis=0)[None, :, :]
     amax_high = tl.max(abs_high, axis=0)[None, :, :]
-    low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed2, seed3, MAN_BITS, EMIN,
-                                 EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
-                                 OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
-    high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed2, seed3, MAN_BITS,
-                                  EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
-                                  OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
+    low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, index, seed2, seed3, EXP_BITS, MAN_BITS, RCEIL,
+                                    ROUNDING, OVERFLOW_EXP)
     _store_pairs(y_cols_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
 
 
 @triton.jit
 def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_stride, seed_ptr,
                        BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
-                       IN_MAN_BITS: tl.constexpr, IN_EMIN: tl.constexpr, IN_BIAS: tl.constexpr,
-                       IN_MAX_CODE: tl.constexpr, IN_SIGN_BIT: tl.constexpr,
-                       MAN_BITS: tl.constexpr, EMIN: tl.constexpr, EMAX: tl.constexpr,
-                       MAX_VALUE: tl.constexpr, MAX_MANT_FIELD: tl.constexpr, MAX_CODE: tl.constexpr,
-                       SIGN_BIT: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
-                       OVERFLOW_EXP: tl.constexpr, SAT_VALUE: tl.constexpr, SAT_CODE: tl.constexpr):
-    """A tensor saved as 1x32 packed codes + scales (2 * half_cols columns), dequantized to y's dtype in registers and quantized
-    again in 32x1 blocks (Q6 of Q1(X), Q4 of Q2(W)): a band of 32 rows x BLOCK_C columns per program, one byte =
-    one element pair."""
+                       IN_EXP_BITS: tl.constexpr, IN_MAN_BITS: tl.constexpr,
+                       EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
+                       OVERFLOW_EXP: tl.constexpr):
+    """A tensor saved as 1x32 packed codes of the IN_EXP_BITS/IN_MAN_BITS format + scales (2 * half_cols columns),
+    dequantized to y's dtype in registers and quantized again in 32x1 blocks (Q6 of Q1(X), Q4 of Q2(W)): a band of
+    32 rows x BLOCK_C columns per program, one byte = one element pair."""
     row = _program_start(0, 32, WIDE) + tl.arange(0, 32)
     block = tl.program_id(1) * (BLOCK_C // 32) + tl.arange(0, BLOCK_C // 32)
     pair = block[:, None] * 16 + tl.arange(0, 16)[None, :]
@@ -385,8 +387,8 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
     byte = tl.load(packed_ptr + byte_offs, mask=mask, other=0).to(tl.int32)
     biased = tl.load(scales_ptr + row[:, None] * scale_stride + block[None, :],
                      mask=(row[:, None] < rows) & (block[None, :] < scale_stride), other=0).to(tl.int32)[:, :, None]
-    low = _decode(byte & 0xF, biased, IN_MAN_BITS, IN_EMIN, IN_BIAS, IN_MAX_CODE, IN_SIGN_BIT)
-    high = _decode(byte >> 4, biased, IN_MAN_BITS, IN_EMIN, IN_BIAS, IN_MAX_CODE, IN_SIGN_BIT)
+    low = _decode(byte & 0xF, biased, IN_EXP_BITS, IN_MAN_BITS)
+    high = _decode(byte >> 4, biased, IN_EXP_BITS, IN_MAN_BITS)
     if not IS_BF16:  # the saved tensor's own rounding (fp16); bf16 and fp32 hold every dequantized value exactly
         low = low.to(y_ptr.dtype.element_ty).to(tl.float32)
         high = high.to(y_ptr.dtype.element_ty).to(tl.float32)
@@ -394,12 +396,8 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
     amax_high = tl.max(_abs_or_inf(high), axis=0)[None, :, :]
     index = 2 * pair_offs
     seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
-    low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed0, seed1, MAN_BITS, EMIN,
-                                 EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
-                                 OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
-    high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed0, seed1, MAN_BITS,
-                                  EMIN, EMAX, MAX_VALUE, MAX_MANT_FIELD, MAX_CODE, SIGN_BIT, RCEIL, ROUNDING,
-                                  OVERFLOW_EXP, SAT_VALUE, SAT_CODE)
+    low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, index, seed0, seed1, EXP_BITS, MAN_BITS, RCEIL,
+                                    ROUNDING, OVERFLOW_EXP)
     _store_pairs(y_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
 
 
@@ -408,27 +406,26 @@ def _wide(rows: int, cols: int) -> bool:
     return (rows + 256) * (cols + 256) >= 2**31
 
 
-def _format_args(fmt: ElementFormat) -> dict:
-    return dict(MAN_BITS=fmt.man_bits, EMIN=fmt.emin, MAX_CODE=fmt.max_code, SIGN_BIT=1 << (fmt.bits - 1))
+def _tensor_constexprs(dtype: torch.dtype, rows: int, cols: int) -> dict:
+    """The compile-time arguments every kernel takes for its (rows, cols) tensor of values stored as ``dtype``."""
+    return dict(IS_BF16=dtype == torch.bfloat16, WIDE=_wide(rows, cols))
 
 
-def _quantizer_args(fmt: ElementFormat, scale_rule: str, rounding: str, dtype: torch.dtype) -> dict:
-    """The compile-time arguments of the quantizing kernels, for values stored as ``dtype``."""
-    return dict(EMAX=fmt.emax, MAX_VALUE=fmt.max_value, MAX_MANT_FIELD=fmt.max_mantissa_field,
-                RCEIL=scale_rule == "rceil", ROUNDING=ROUNDING_CODES[rounding],
-                OVERFLOW_EXP=overflow_exponent(fmt, dtype), SAT_VALUE=fmt.saturation_value,
-                SAT_CODE=fmt.saturation_code, **_format_args(fmt))
+def _format_constexprs(fmt: ElementFormat, prefix: str = "") -> dict:
+    """The compile-time arguments naming an element format, from which the kernels derive its constants (``prefix``
+    names the input format of the requantize kernel)."""
+    return {prefix + "EXP_BITS": fmt.exp_bits, prefix + "MAN_BITS": fmt.man_bits}
 
 
-def _decode_args(fmt: ElementFormat, prefix: str = "") -> dict:
-    """The compile-time arguments of ``_decode`` (``prefix`` names the input format of the requantize kernel)."""
-    args = dict(_format_args(fmt), BIAS=fmt.bias)
-    return {prefix + key: value for key, value in args.items()}
+def _quantizer_constexprs(fmt: ElementFormat, scale_rule: str, rounding: str, dtype: torch.dtype) -> dict:
+    """The compile-time arguments of a quantizer, for values stored as ``dtype``."""
+    return dict(RCEIL=scale_rule == "rceil", ROUNDING=Rounding.named(rounding).value,
+                OVERFLOW_EXP=overflow_exponent(fmt, dtype), **_format_constexprs(fmt))
 
 
-def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: str, rounding: str, *,
-                ema2d: torch.Tensor | None, seed: torch.Tensor | None, want_values: bool, want_packed: bool,
-                launch: dict | None = None):
+def quantize_2d(x2d: torch.Tensor, layout: str, fmt: ElementFormat, scale_rule: str, rounding: str, *,
+                ema2d: torch.Tensor | None = None, seed: torch.Tensor | None = None, want_values: bool = True,
+                want_packed: bool = False, launch: dict | None = None):
     """Run the fused quantizer on a contiguous 2-D tensor; returns (values, packed, scales), None where not asked.
     ``seed``: the two seed words (int64, on x2d's device) that stochastic rounding reads; ``launch`` overrides the
     tile shape (keys of LAUNCH_1X32 / LAUNCH_32X1)."""
@@ -442,23 +439,20 @@ def quantize_2d(x2d: torch.Tensor, fmt: ElementFormat, layout: str, scale_rule: 
     else:
         scales_shape = (triton.cdiv(rows, BLOCK_SIZE), cols)
     scales = torch.empty(scales_shape, dtype=torch.uint8, device=device) if want_packed else x2d
-    ema = ema2d if ema2d is not None else x2d
-    seed = seed if seed is not None else x2d  # read only by stochastic rounding
-    common = dict(WRITE_Y=want_values, IS_BF16=x2d.dtype == torch.bfloat16, WIDE=_wide(rows, cols),
-                  WRITE_PACKED=want_packed,
-                  **_quantizer_args(fmt, scale_rule, rounding, x2d.dtype))
+    # Unused pointers (no EMA, no seed words, an output not asked for) point at x2d: the kernel never reads them.
+    args = dict(x_ptr=x2d, ema_ptr=x2d if ema2d is None else ema2d, y_ptr=y, packed_ptr=packed, scales_ptr=scales,
+                rows=rows, cols=cols, pstride=pstride, seed_ptr=x2d if seed is None else seed,
+                WRITE_Y=want_values, WRITE_PACKED=want_packed, **_tensor_constexprs(x2d.dtype, rows, cols),
+                **_quantizer_constexprs(fmt, scale_rule, rounding, x2d.dtype))
     if rows * cols > 0:
         if layout == "1x32":
             cfg = launch or LAUNCH_1X32
-            n_groups = rows * triton.cdiv(cols, BLOCK_SIZE)
-            grid = (triton.cdiv(n_groups, cfg["groups"]),)
-            _quantize_1x32_kernel[grid](x2d, ema, y, packed, scales, rows, cols, pstride, seed,
-                                        GROUPS=cfg["groups"], num_warps=cfg["num_warps"], **common)
+            grid = (triton.cdiv(rows * triton.cdiv(cols, BLOCK_SIZE), cfg["groups"]),)
+            _quantize_1x32_kernel[grid](GROUPS=cfg["groups"], num_warps=cfg["num_warps"], **args)
         else:
             cfg = launch or LAUNCH_32X1
             grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
-            _quantize_32x1_kernel[grid](x2d, ema, y, packed, scales, rows, cols, pstride, seed,
-                                        BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], **common)
+            _quantize_32x1_kernel[grid](BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], **args)
     return (y if want_values else None), (packed if want_packed else None), (scales if want_packed else None)
 
 
@@ -468,54 +462,59 @@ def _pairs_aligned(t: torch.Tensor, cols: int) -> bool:
 
 
 def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: ElementFormat, scale_rule: str, rounding: str, *,
-                             seeds: tuple[torch.Tensor | None, torch.Tensor | None],
+                             seeds: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
                              launch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values of x2d quantized in 1x32 blocks (seed words ``seeds[0]``) and in 32x1 blocks (``seeds[1]``), from one read
-    (an odd column count or a misaligned tensor takes two passes instead). Not for "ema" rounding."""
+    """Values of x2d quantized in 1x32 blocks (seed words ``seeds[0]``) and in 32x1 blocks (``seeds[1]``), from one
+    read (an odd column count or a misaligned tensor takes two passes instead). Not for "ema" rounding."""
     rows, cols = x2d.shape
     if not _pairs_aligned(x2d, cols):
-        return tuple(quantize_2d(x2d, fmt, layout, scale_rule, rounding, ema2d=None, seed=seed, want_values=True,
-                                 want_packed=False)[0] for layout, seed in zip(("1x32", "32x1"), seeds))
+        return tuple(quantize_2d(x2d, layout, fmt, scale_rule, rounding, seed=seed)[0]
+                     for layout, seed in zip(LAYOUTS, seeds))
     y_rows, y_cols = torch.empty_like(x2d), torch.empty_like(x2d)
     if rows * cols > 0:
         cfg = launch or LAUNCH_BOTH_LAYOUTS
         grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
         seed_rows, seed_cols = (x2d if seed is None else seed for seed in seeds)
-        _quantize_both_layouts_kernel[grid](x2d, y_rows, y_cols, rows, cols // 2, seed_rows, seed_cols,
+        _quantize_both_layouts_kernel[grid](x_ptr=x2d, y_rows_ptr=y_rows, y_cols_ptr=y_cols, rows=rows,
+                                            half_cols=cols // 2, seed_rows_ptr=seed_rows, seed_cols_ptr=seed_cols,
                                             BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"],
-                                            IS_BF16=x2d.dtype == torch.bfloat16, WIDE=_wide(rows, cols),
-                                            **_quantizer_args(fmt, scale_rule, rounding, x2d.dtype))
+                                            **_tensor_constexprs(x2d.dtype, rows, cols),
+                                            **_quantizer_constexprs(fmt, scale_rule, rounding, x2d.dtype))
     return y_rows, y_cols
 
 
-def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: ElementFormat, rows: int, cols: int,
-                  dtype: torch.dtype, fmt: ElementFormat, scale_rule: str, rounding: str, *, seed: torch.Tensor | None,
-                  launch: dict | None = None) -> torch.Tensor:
-    """A 1x32-packed tensor, dequantized to ``dtype`` and quantized again in 32x1 blocks, in one pass (values of
-    ``dtype``; an odd column count takes two passes). Not for "ema" rounding."""
+def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: ElementFormat, cols: int,
+                  dtype: torch.dtype, fmt: ElementFormat, scale_rule: str, rounding: str, *,
+                  seed: torch.Tensor | None = None, launch: dict | None = None) -> torch.Tensor:
+    """A 1x32-packed tensor of ``cols`` columns, dequantized to ``dtype`` and quantized again in 32x1 blocks, in one
+    pass (values of ``dtype``; an odd column count takes two passes). Not for "ema" rounding."""
     if cols % 2:
-        values = dequantize_2d(packed, scales, packed_fmt, "1x32", rows, cols, dtype)
-        return quantize_2d(values, fmt, "32x1", scale_rule, rounding, ema2d=None, seed=seed, want_values=True,
-                           want_packed=False)[0]
+        values = dequantize_2d(packed, scales, "1x32", packed_fmt, cols, dtype)
+        return quantize_2d(values, "32x1", fmt, scale_rule, rounding, seed=seed)[0]
+    rows = packed.shape[0]
     y = torch.empty((rows, cols), dtype=dtype, device=packed.device)
     if rows * cols > 0:
         cfg = launch or LAUNCH_REQUANTIZE
         grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
-        _requantize_kernel[grid](packed, scales, y, rows, cols // 2, scales.shape[1], packed if seed is None else seed,
-                                 BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], IS_BF16=dtype == torch.bfloat16,
-                                 WIDE=_wide(rows, cols), **_decode_args(packed_fmt, "IN_"),
-                                 **_quantizer_args(fmt, scale_rule, rounding, dtype))
+        _requantize_kernel[grid](packed_ptr=packed, scales_ptr=scales, y_ptr=y, rows=rows, half_cols=cols // 2,
+                                 scale_stride=scales.shape[1], seed_ptr=packed if seed is None else seed,
+                                 BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"],
+                                 **_tensor_constexprs(dtype, rows, cols), **_format_constexprs(packed_fmt, "IN_"),
+                                 **_quantizer_constexprs(fmt, scale_rule, rounding, dtype))
     return y
 
 
-def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, fmt: ElementFormat, layout: str, rows: int,
-                  cols: int, dtype: torch.dtype, block_r: int = 32, block_c: int = 64) -> torch.Tensor:
-    """Values of packed codes + scales, as a (rows, cols) tensor of ``dtype``."""
+def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, layout: str, fmt: ElementFormat, cols: int,
+                  dtype: torch.dtype, *, launch: dict | None = None) -> torch.Tensor:
+    """Values of packed codes + scales, as a (rows, cols) tensor of ``dtype``; ``launch`` overrides the tile shape
+    (keys of LAUNCH_DEQUANTIZE)."""
+    rows = packed.shape[0]
     y = torch.empty((rows, cols), dtype=dtype, device=packed.device)
     if rows * cols > 0:
-        grid = (triton.cdiv(rows, block_r), triton.cdiv(cols, block_c))
-        _dequantize_kernel[grid](packed, scales, y, rows, cols, packed.shape[1], scales.shape[1], BLOCK_R=block_r,
-                                 BLOCK_C=block_c, ROW_BLOCKS=layout == "32x1", IS_BF16=dtype == torch.bfloat16,
-                                 WIDE=_wide(rows, cols),
-                                 **_decode_args(fmt))
+        cfg = launch or LAUNCH_DEQUANTIZE
+        grid = (triton.cdiv(rows, cfg["block_r"]), triton.cdiv(cols, cfg["block_c"]))
+        _dequantize_kernel[grid](packed_ptr=packed, scales_ptr=scales, y_ptr=y, rows=rows, cols=cols,
+                                 pstride=packed.shape[1], scale_stride=scales.shape[1], BLOCK_R=cfg["block_r"],
+                                 BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"], ROW_BLOCKS=layout == "32x1",
+                                 **_tensor_constexprs(dtype, rows, cols), **_format_constexprs(fmt))
     return y

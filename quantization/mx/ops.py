@@ -73,14 +73,16 @@ def seed_words(seed: Seed | None, rounding: str, device: "torch.device | str") -
 
 
 def quantize_2d(x2d: torch.Tensor, layout: str, fmt: str, scale_rule: str, rounding: str, *,
-                ema2d: torch.Tensor | None = None, backend: str = "auto", want_values: bool = True,
-                want_packed: bool = False, seed: Seed | None = None):
+                ema2d: torch.Tensor | None = None, seed: Seed | None = None, want_values: bool = True,
+                want_packed: bool = False, backend: str = "auto"):
     """Quantize a contiguous 2-D tensor (arguments already validated); returns (values, packed, scales), the ones
     not asked for as None. Used by ``quantize`` and by the autograd Function, which wants both outputs in one pass.
-    ``seed``: stochastic rounding's two seed words (default: drawn on x2d's device)."""
+    ``seed``: stochastic rounding's two seed words (default: drawn on x2d's device). The parameters of
+    ``reference.quantize_2d`` and ``kernels.quantize_2d``, with the format by name and the backend added."""
     check_backend(backend)
-    values, packed, scales = custom_ops.quantize_2d(x2d, ema2d, seed_words(seed, rounding, x2d.device), layout, fmt,
-                                                    scale_rule, rounding, backend, want_values, want_packed)
+    values, packed, scales = custom_ops.quantize_2d(x2d, layout, fmt, scale_rule, rounding, ema2d,
+                                                    seed_words(seed, rounding, x2d.device), want_values, want_packed,
+                                                    backend)
     return (values if want_values else None), (packed if want_packed else None), (scales if want_packed else None)
 
 
@@ -93,7 +95,7 @@ def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: str, scale_rule: str, round
         raise ValueError("quantize_both_layouts_2d does not take rounding='ema' (it needs a per-call EMA tensor)")
     check_backend(backend)
     rows_seed, cols_seed = (seed_words(seed, rounding, x2d.device) for seed in seeds)
-    return custom_ops.quantize_both_layouts_2d(x2d, rows_seed, cols_seed, fmt, scale_rule, rounding, backend)
+    return custom_ops.quantize_both_layouts_2d(x2d, fmt, scale_rule, rounding, rows_seed, cols_seed, backend)
 
 
 def requantize_2d(mx: MXTensor, fmt: str, scale_rule: str, rounding: str, *, seed: Seed | None = None,
@@ -106,8 +108,8 @@ def requantize_2d(mx: MXTensor, fmt: str, scale_rule: str, rounding: str, *, see
         raise ValueError("requantize_2d does not take rounding='ema' (it needs a per-call EMA tensor)")
     check_backend(backend)
     _, cols = mx.rows_cols
-    return custom_ops.requantize_2d(mx.packed, mx.scales, seed_words(seed, rounding, mx.packed.device), mx.fmt, cols,
-                                    mx.dtype, fmt, scale_rule, rounding, backend)
+    return custom_ops.requantize_2d(mx.packed, mx.scales, mx.fmt, cols, mx.dtype, fmt, scale_rule, rounding,
+                                    seed_words(seed, rounding, mx.packed.device), backend)
 
 
 def _validate(x: torch.Tensor, layout: str, fmt: str, scale_rule: str, rounding: str,
@@ -168,5 +170,5 @@ def dequantize(mx: MXTensor, backend: str = "auto", dtype: torch.dtype | None = 
         raise ValueError(f"corrupt MXTensor: packed {tuple(mx.packed.shape)} / scales {tuple(mx.scales.shape)}, "
                          f"expected {expected_packed} / {expected_scales} for shape {tuple(mx.shape)}")
     check_backend(backend)
-    y = custom_ops.dequantize_2d(mx.packed, mx.scales, mx.fmt, mx.layout, cols, dtype or mx.dtype, backend)
+    y = custom_ops.dequantize_2d(mx.packed, mx.scales, mx.layout, mx.fmt, cols, dtype or mx.dtype, backend)
     return y.view(mx.shape)

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from .formats import BLOCK_SIZE, SCALE_BIAS, SCALE_EXP_MAX, SCALE_EXP_MIN, SCALE_NAN, ElementFormat
+from .formats import BLOCK_SIZE, LAYOUTS, SCALE_BIAS, SCALE_EXP_MAX, SCALE_EXP_MIN, SCALE_NAN, ElementFormat
 
 
 def _int32(value: int) -> torch.Tensor:
@@ -240,10 +240,10 @@ def _codes_(k: torch.Tensor, step: torch.Tensor, xb: torch.Tensor, fmt: ElementF
     return code.bitwise_or_(negative.bitwise_and_(1 << (fmt.bits - 1)))
 
 
-def quantize_2d(
+def quantize_unpacked(
     x2d: torch.Tensor,
-    fmt: ElementFormat,
     layout: str,
+    fmt: ElementFormat,
     scale_rule: str,
     rounding: str,
     *,
@@ -251,7 +251,8 @@ def quantize_2d(
     seed: torch.Tensor | None = None,
     want_codes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Quantize a 2-D tensor. Returns (dequantized fp32, element codes uint8 or None, biased E8M0 scales uint8).
+    """Quantize a 2-D tensor. Returns (dequantized fp32, element codes uint8 or None, biased E8M0 scales uint8): the
+    specification, before ``quantize_2d`` casts the values to x2d's dtype and packs the codes.
 
     The scales tensor has shape (rows, ceil(cols/32)) for 1x32 and (ceil(rows/32), cols) for 32x1; the codes (with
     ``want_codes``) are shaped like x2d. A block holding NaN or Inf dequantizes to all NaN, gets the NaN scale 255 and
@@ -294,6 +295,36 @@ def quantize_2d(
     return _unblocked(deq, layout, rows, cols), codes, scales
 
 
+def quantize_2d(x2d: torch.Tensor, layout: str, fmt: ElementFormat, scale_rule: str, rounding: str, *,
+                ema2d: torch.Tensor | None = None, seed: torch.Tensor | None = None, want_values: bool = True,
+                want_packed: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(values of x2d's dtype, packed codes, scales) of a 2-D tensor, None where not asked: what the kernels'
+    ``quantize_2d`` returns for the same arguments."""
+    deq, codes, scales = quantize_unpacked(x2d, layout, fmt, scale_rule, rounding, ema2d=ema2d, seed=seed,
+                                           want_codes=want_packed)
+    values = deq.to(x2d.dtype).contiguous() if want_values else None
+    if not want_packed:
+        return values, None, None
+    return values, pack_nibbles(codes), scales
+
+
+def quantize_both_layouts_2d(
+    x2d: torch.Tensor, fmt: ElementFormat, scale_rule: str, rounding: str, *,
+    seeds: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values of x2d quantized in 1x32 blocks (seed words ``seeds[0]``) and in 32x1 blocks (``seeds[1]``)."""
+    return tuple(quantize_2d(x2d, layout, fmt, scale_rule, rounding, seed=seed)[0]
+                 for layout, seed in zip(LAYOUTS, seeds))
+
+
+def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: ElementFormat, cols: int,
+                  dtype: torch.dtype, fmt: ElementFormat, scale_rule: str, rounding: str, *,
+                  seed: torch.Tensor | None = None) -> torch.Tensor:
+    """A 1x32-packed tensor of ``cols`` columns, dequantized to ``dtype`` and quantized again in 32x1 blocks."""
+    values = dequantize_2d(packed, scales, "1x32", packed_fmt, cols, dtype)
+    return quantize_2d(values, "32x1", fmt, scale_rule, rounding, seed=seed)[0]
+
+
 def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     """Pack 4-bit codes two per byte along the last dim (element 2j in the low nibble); odd lengths pad with 0."""
     if codes.shape[-1] % 2:
@@ -319,11 +350,13 @@ def unpack_values(packed: torch.Tensor, fmt: ElementFormat, cols: int) -> torch.
     return words.view(torch.float32).view(*packed.shape[:-1], -1)[..., :cols]
 
 
-def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, fmt: ElementFormat, layout: str, rows: int,
-                  cols: int) -> torch.Tensor:
-    """fp32 values of packed codes and biased scales (NaN where the block's scale is the NaN marker)."""
+def dequantize_2d(packed: torch.Tensor, scales: torch.Tensor, layout: str, fmt: ElementFormat, cols: int,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """Values (rows, cols) of ``dtype`` of packed codes and biased scales (NaN where the block's scale is the NaN
+    marker), computed in fp32."""
     grid = unpack_values(packed, fmt, cols)
     biased = scales.to(torch.int32).unsqueeze(-1)
     scale = pow2(biased.clamp(max=SCALE_EXP_MAX + SCALE_BIAS) - SCALE_BIAS)
     factor = torch.where(biased == SCALE_NAN, float("nan"), scale)
-    return _unblocked(_blocked(grid, layout).mul_(factor), layout, rows, cols)
+    values = _unblocked(_blocked(grid, layout).mul_(factor), layout, packed.shape[0], cols)
+    return values.to(dtype).contiguous()
