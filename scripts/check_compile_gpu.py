@@ -3,8 +3,9 @@ the CPU can: tests/test_compile.py, tests/test_quant_stochastic.py).
 
 Checks: the kernels reading seed words drawn on the GPU equal the CPU reference fed the same words; QLinear's
 forward and backward make no host synchronisation (torch.cuda.set_sync_debug_mode("error")); a fullgraph-compiled
-tetrajet DeiT-T forward + backward equals eager (aot_eager bit for bit; inductor's max relative difference is
-reported, as it fuses the unquantized ops); a CUDA graph of a tetrajet QLinear step draws fresh seeds at every
+tetrajet DeiT-T forward + backward equals eager (aot_eager bit for bit; under inductor, which fuses the
+unquantized ops and may order the random draws differently, microscaling without drop path within a relative
+difference and tetrajet within its rounding noise); a CUDA graph of a tetrajet QLinear step draws fresh seeds at every
 replay and replays what eager computes from the same generator state; train.cuda_graph: DeiT-T (batch 8) trained
 through engine.train_one_epoch (two epochs of three steps, clipping, model EMA, a learning rate changing at every
 step, Q-Ramping calibrating at each epoch start) replaying CUDA graphs ends bit for bit where the same steps run
@@ -88,10 +89,16 @@ def _deit_step(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return grads
 
 
-def compiled_deit_equals_eager(backend: str) -> str:
+def compiled_deit_equals_eager(backend: str, recipe: str = "tetrajet") -> str:
+    """Loss and every gradient of one DeiT-T step, compiled against eager. aot_eager must match bit for bit.
+    Inductor fuses the unquantized ops and may schedule the random draws (drop path, the stochastic quantizers'
+    seeds) in another order, so a deterministic recipe without drop path is held to a relative difference, and a
+    stochastic one to agreement within its rounding noise (loss, and each gradient's cosine similarity)."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    model = build_model("deit_tiny_patch16_224", get_recipe("tetrajet"), **DEIT_T).cuda()
+    deterministic = backend == "inductor" and recipe == "microscaling"
+    kwargs = {**DEIT_T, "drop_path_rate": 0.0} if deterministic else DEIT_T
+    model = build_model("deit_tiny_patch16_224", get_recipe(recipe), **kwargs).cuda()
     compiled = compile_model(copy.deepcopy(model), backend)  # what train.compile does (inductor: eager RNG)
     x = torch.randn(16, 3, 224, 224, device="cuda")
     eager, traced = _deit_step(model, x), _deit_step(compiled, x)
@@ -103,8 +110,16 @@ def compiled_deit_equals_eager(backend: str) -> str:
     errors = {name: ((a - b).abs().max() / a.abs().max().clamp(min=1e-30)).item()
               for name, a, b in zip(names, eager, traced)}
     worst = max(errors, key=errors.get)
-    assert errors[worst] < 0.1, f"max relative difference {errors[worst]:.3g} ({worst})"
-    return f"max relative difference {errors[worst]:.3g} ({worst}; loss and every gradient)"
+    if deterministic:
+        assert errors[worst] < 0.1, f"max relative difference {errors[worst]:.3g} ({worst})"
+        return f"max relative difference {errors[worst]:.3g} ({worst}; loss and every gradient)"
+    cosines = {name: nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0).item()
+               for name, a, b in zip(names[1:], eager[1:], traced[1:])}
+    least = min(cosines, key=cosines.get)
+    assert errors["loss"] < 1e-2, f"loss differs by {errors['loss']:.3g}"
+    assert cosines[least] > 0.9, f"gradient cosine similarity {cosines[least]:.3f} ({least})"
+    return (f"loss within {errors['loss']:.2g}; least gradient cosine {cosines[least]:.3f} ({least}); "
+            f"max relative difference {errors[worst]:.3g} ({worst})")
 
 
 def cuda_graph_step() -> str:
@@ -261,7 +276,8 @@ CHECKS = {
     "seeds drawn on the GPU: kernels == CPU reference": seeds_on_device_equal_cpu_reference,
     "no host sync in QLinear forward + backward": no_host_sync,
     "DeiT-T fullgraph aot_eager == eager": lambda: compiled_deit_equals_eager("aot_eager"),
-    "DeiT-T fullgraph inductor ~ eager": lambda: compiled_deit_equals_eager("inductor"),
+    "DeiT-T fullgraph inductor ~ eager, microscaling": lambda: compiled_deit_equals_eager("inductor", "microscaling"),
+    "DeiT-T fullgraph inductor ~ eager, tetrajet": lambda: compiled_deit_equals_eager("inductor"),
     "CUDA graph of a tetrajet QLinear step": cuda_graph_step,
     "cuda_graph: QRampingAdamW capturable == host counters": qramping_capturable_step,
     **{f"cuda_graph: training == eager steps, {name}": (lambda name=name: cuda_graph_training(name))
