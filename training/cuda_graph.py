@@ -1,5 +1,5 @@
-"""train.cuda_graph: the training step replayed as two CUDA graphs, so that a host-bound model (DeiT-T: Python and
-Triton's launcher issue each of a step's thousands of kernels) costs a few launches per step (docs/cuda-graphs.md).
+"""train.cuda_graph: the training step replayed as two CUDA graphs, so that a host-bound model (DeiT-T, whose step's
+kernels Python and Triton's launcher issue one by one) costs a few launches per step (docs/cuda-graphs.md).
 
 Graph A zeroes the gradients (kept where they are, so both graphs and the eager steps see the same tensors), runs the
 forward under autocast, the loss with the method hooks' extra terms, the backward and the gradient clipping. Graph B
