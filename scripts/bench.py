@@ -7,8 +7,9 @@ weight-decay groups, or the method's own AdamW: QRampingAdamW for tetrajet_qramp
 attached (quantization.method_hooks: Q-EMA's update for tetrajet_qema) and its state as in most of training
 (steady_state: Q-EMA rounding on from the start, realistic Q-Ramping update periods on every block Linear weight).
 Step time: median over ``--steps`` steps after ``--warmup``, each step bracketed by CUDA events (so a host-bound step
-counts the GPU's idle time); peak memory over the timed steps. A method that calibrates (Q-Ramping) also times one
-calibration of ``--calib-steps`` steps and amortizes it over an epoch of ``--steps-per-epoch`` steps. Then the
+counts the GPU's idle time); peak memory over the timed steps (a graphed row's over its eager warm-up and capture
+too, as a training run's). A method that calibrates (Q-Ramping) also times one calibration of ``--calib-steps``
+steps and amortizes it over an epoch of ``--steps-per-epoch`` steps. Then the
 quantizer kernels' bandwidth (scripts/bench_quant.py) and, with ``--profile``, where a tetrajet step's GPU time goes
 and whether the step is host- or GPU-bound. ``--cuda-graph`` adds a row per method for the same step replayed as CUDA
 graphs (train.cuda_graph: training.GraphedTrainStep, the optimizer capturable, the loss read on the host between the
@@ -198,12 +199,20 @@ def graphed_step(graph: GraphedTrainStep, batch: int, img_size: int) -> Callable
     return step
 
 
-def time_steps(step: Callable[[], None], warmup: int, steps: int) -> tuple[float, float]:
-    """Median step time (ms, CUDA events) over ``steps`` steps after ``warmup``, and their peak memory (MiB)."""
+def time_steps(step: Callable[[], None], warmup: int, steps: int,
+               peak_over_warmup: bool = False) -> tuple[float, float]:
+    """Median step time (ms, CUDA events) over ``steps`` steps after ``warmup``, and their peak memory (MiB).
+
+    ``peak_over_warmup``: the peak counts the warm-up steps too. A CUDA graph's activations live in its private
+    pool, allocated while it is captured (in the warm-up) and only reserved afterwards, so replays alone would not
+    show them."""
+    if peak_over_warmup:
+        torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
+    if not peak_over_warmup:
+        torch.cuda.reset_peak_memory_stats()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)]
     for start, end in events:
         start.record()
@@ -221,7 +230,8 @@ def measure(model_name: str, method: str, args: argparse.Namespace, graphed: boo
                              amp_dtype=torch.bfloat16, clip_grad=None, hooks=hooks) if graphed else None
     step = graphed_step(graph, args.batch, args.img_size) if graphed else \
         train_step(model, optimizer, hooks, args.batch, args.img_size)
-    step_ms, peak_mib = time_steps(step, max(args.warmup, graph.warmup + 1) if graphed else args.warmup, args.steps)
+    step_ms, peak_mib = time_steps(step, max(args.warmup, graph.warmup + 1) if graphed else args.warmup, args.steps,
+                                   peak_over_warmup=graphed)
     calibrating = [hook for hook in hooks if hook.calibration_steps]
     with graph.eager() if graphed else contextlib.nullcontext():
         calibration_s = sum(hook.calibrate(step)["seconds"] for hook in calibrating) if calibrating else None

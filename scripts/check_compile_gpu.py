@@ -3,15 +3,16 @@ the CPU can: tests/test_compile.py, tests/test_quant_stochastic.py).
 
 Checks: the kernels reading seed words drawn on the GPU equal the CPU reference fed the same words; QLinear's
 forward and backward make no host synchronisation (torch.cuda.set_sync_debug_mode("error")); a fullgraph-compiled
-tetrajet DeiT-T forward + backward equals eager (aot_eager bit for bit; under inductor, which fuses the
-unquantized ops and may order the random draws differently, microscaling without drop path within a relative
-difference and tetrajet within its rounding noise); a CUDA graph of a tetrajet QLinear step draws fresh seeds at every
-replay and replays what eager computes from the same generator state; train.cuda_graph: DeiT-T (batch 8) trained
-through engine.train_one_epoch (two epochs of three steps, clipping, model EMA, a learning rate changing at every
-step, Q-Ramping calibrating at each epoch start) replaying CUDA graphs ends bit for bit where the same steps run
-eagerly end (losses, weights, optimizer state, model EMA), for bf16, tetrajet, tetrajet_qema, tetrajet_qramping and
-tetrajet_freeze, with its distance to train.cuda_graph=false (the default, non-capturable AdamW) reported; and
-QRampingAdamW(capturable=True), captured alone, replays the host-counter step bit for bit on the GPU's kernel.
+tetrajet DeiT-T forward + backward equals eager (aot_eager bit for bit; under inductor, which fuses the unquantized
+ops and may order the random draws differently, microscaling and tetrajet no farther from eager than eager is from
+itself with the input moved by a bf16 ulp or, for tetrajet, another seed); a CUDA graph of a tetrajet QLinear step
+draws fresh seeds at every replay and replays what eager computes from the same generator state; train.cuda_graph:
+DeiT-T (batch 8) trained through engine.train_one_epoch (two epochs of three steps, clipping, model EMA, a learning
+rate changing at every step, Q-Ramping calibrating at each epoch start) replaying CUDA graphs ends bit for bit where
+the same steps run eagerly end (losses, weights, optimizer state, model EMA), for bf16, tetrajet, tetrajet_qema,
+tetrajet_qramping and tetrajet_freeze, with its distance to train.cuda_graph=false (the default, non-capturable
+AdamW) reported; and QRampingAdamW(capturable=True), captured alone, replays the host-counter step bit for bit on
+the GPU's kernel.
 
 Usage (on a CUDA machine): python scripts/check_compile_gpu.py [--only TEXT]   (e.g. --only cuda_graph)
 Prints a pass/fail table and exits non-zero if any check fails.
@@ -79,8 +80,8 @@ def no_host_sync() -> str:
     return "tetrajet, tetrajet_qema, microscaling"
 
 
-def _deit_step(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    torch.manual_seed(5)
+def _deit_step(model: torch.nn.Module, x: torch.Tensor, seed: int = 5) -> list[torch.Tensor]:
+    torch.manual_seed(seed)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         loss = model(x).float().square().mean()
     loss.backward()
@@ -89,14 +90,22 @@ def _deit_step(model: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     return grads
 
 
+def _relative_errors(reference: list[torch.Tensor], other: list[torch.Tensor], names: list[str]) -> dict[str, float]:
+    return {name: ((a.float() - b.float()).norm() / a.float().norm().clamp(min=1e-30)).item()
+            for name, a, b in zip(names, reference, other)}
+
+
 def compiled_deit_equals_eager(backend: str, recipe: str = "tetrajet") -> str:
     """Loss and every gradient of one DeiT-T step, compiled against eager. aot_eager must match bit for bit.
-    Inductor fuses the unquantized ops and may schedule the random draws (drop path, the stochastic quantizers'
-    seeds) in another order, so a deterministic recipe without drop path is held to a relative difference, and a
-    stochastic one to agreement within its rounding noise (loss, and each gradient's cosine similarity)."""
+
+    Inductor fuses the unquantized ops, so their results differ in the last bits; a 4-bit forward turns some of
+    those into whole grid steps, and the first layers' gradients sum them up. Its distance to eager is therefore
+    held to that of an eager step whose change is as innocent: the input moved by about one bf16 ulp
+    (microscaling, deterministic, no drop path), or another random seed (tetrajet: inductor may order the random
+    draws differently). Each gradient's relative L2 distance must stay within twice the baseline's worst."""
     torch._dynamo.reset()
     torch.manual_seed(0)
-    deterministic = backend == "inductor" and recipe == "microscaling"
+    deterministic = recipe == "microscaling"
     kwargs = {**DEIT_T, "drop_path_rate": 0.0} if deterministic else DEIT_T
     model = build_model("deit_tiny_patch16_224", get_recipe(recipe), **kwargs).cuda()
     compiled = compile_model(copy.deepcopy(model), backend)  # what train.compile does (inductor: eager RNG)
@@ -106,20 +115,16 @@ def compiled_deit_equals_eager(backend: str, recipe: str = "tetrajet") -> str:
         for a, b in zip(eager, traced):
             assert torch.equal(a, b)
         return "bit for bit"
-    names = ["loss"] + [name for name, _ in model.named_parameters()]
-    errors = {name: ((a - b).abs().max() / a.abs().max().clamp(min=1e-30)).item()
-              for name, a, b in zip(names, eager, traced)}
-    worst = max(errors, key=errors.get)
     if deterministic:
-        assert errors[worst] < 0.1, f"max relative difference {errors[worst]:.3g} ({worst})"
-        return f"max relative difference {errors[worst]:.3g} ({worst}; loss and every gradient)"
-    cosines = {name: nn.functional.cosine_similarity(a.flatten().float(), b.flatten().float(), dim=0).item()
-               for name, a, b in zip(names[1:], eager[1:], traced[1:])}
-    least = min(cosines, key=cosines.get)
-    assert errors["loss"] < 1e-2, f"loss differs by {errors['loss']:.3g}"
-    assert cosines[least] > 0.9, f"gradient cosine similarity {cosines[least]:.3f} ({least})"
-    return (f"loss within {errors['loss']:.2g}; least gradient cosine {cosines[least]:.3f} ({least}); "
-            f"max relative difference {errors[worst]:.3g} ({worst})")
+        baseline = _deit_step(model, x * (1 + 2**-8 * torch.randn_like(x)))
+    else:
+        baseline = _deit_step(model, x, seed=6)
+    names = ["loss"] + [name for name, _ in model.named_parameters()]
+    compiled_errors, baseline_errors = _relative_errors(eager, traced, names), _relative_errors(eager, baseline, names)
+    worst, bound = max(compiled_errors, key=compiled_errors.get), 2 * max(baseline_errors.values())
+    assert compiled_errors[worst] <= bound, (f"relative distance {compiled_errors[worst]:.3g} ({worst}) above twice "
+                                             f"the baseline's worst ({bound / 2:.3g})")
+    return f"worst relative L2 distance {compiled_errors[worst]:.3g} ({worst}); baseline's worst {bound / 2:.3g}"
 
 
 def cuda_graph_step() -> str:
