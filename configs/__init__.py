@@ -9,5 +9,6 @@ from .schema import (DATASET_NAMES, OPTIMIZER_NAMES, AugConfig, ConfigError, Dat
                      OptimConfig, RunConfig, TrainConfig, choices_error)
 
 __all__ = ["DATASET_NAMES", "OPTIMIZER_NAMES", "AugConfig", "ConfigError", "ConfigMismatchError", "DataConfig",
-           "MethodConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "check_resume_config", "choices_error", "config_differences",
-           "config_to_dict", "load_config", "method_label", "parse_override", "save_config"]
+           "MethodConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "check_resume_config",
+           "choices_error", "config_differences", "config_to_dict", "load_config", "method_label", "parse_override",
+           "save_config"]

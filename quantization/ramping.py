@@ -203,8 +203,9 @@ class QRampingAdamW(torch.optim.Optimizer):
             state = self._init_state(param, groups[id(param)])
             state["step"] = state["step"].to(self._counter_device(param, groups[id(param)], ramped=True))
             if "update_period" not in state:
-                state["grad_accum"] = torch.zeros_like(param, dtype=torch.float32, memory_format=torch.contiguous_format)
-                state["accum_count"] = torch.zeros_like(param, dtype=PERIOD_DTYPE, memory_format=torch.contiguous_format)
+                contiguous = torch.contiguous_format
+                state["grad_accum"] = torch.zeros_like(param, dtype=torch.float32, memory_format=contiguous)
+                state["accum_count"] = torch.zeros_like(param, dtype=PERIOD_DTYPE, memory_format=contiguous)
             state["update_period"] = period.to(device=param.device, dtype=PERIOD_DTYPE).contiguous().clone()
 
     def update_periods(self) -> dict[torch.Tensor, torch.Tensor]:

@@ -88,8 +88,8 @@ def checkpoint_weights(path: Path, weights: str) -> tuple[dict, int]:
     """The model (or model EMA) state dict in the checkpoint at ``path`` and its 0-based epoch."""
     if not path.is_file():
         present = [name for name, file in CHECKPOINTS.items() if (path.parent / file).is_file()]
-        raise RunDirError(f"{path.parent} has no {path.name}; valid: "
-                          f"{', '.join(f'--checkpoint {name}' for name in present) or 'none, no checkpoint was written'}")
+        valid = ", ".join(f"--checkpoint {name}" for name in present) or "none, no checkpoint was written"
+        raise RunDirError(f"{path.parent} has no {path.name}; valid: {valid}")
     try:
         state = training.load(path)
     except CheckpointError as error:  # its hint on what remains speaks of --resume: keep only what is wrong
