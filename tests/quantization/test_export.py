@@ -116,6 +116,7 @@ def _logits(model, run_dir, amp_dtype):
         return model.eval()(images)
 
 
+@pytest.mark.slow
 def test_evaluation_from_the_packed_file_is_the_runs(tmp_path, capsys):
     # Q-EMA under bf16 autocast with a model EMA: 16 steps, so Q-EMA's rounding is on after step 10.
     run_dir = _train(tmp_path, "qema", "data.batch_size=16", "train.amp=bf16", "train.model_ema=true",

@@ -147,6 +147,7 @@ def test_leverage_probabilities_capped_and_budget():
     assert p[0] == 1.0 and p[1] == 1.0 and p[2:].sum().item() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_lss_estimator_unbiased_for_dw():
     """E[lss_quantize(dY, ||X_i||)^T X] = dY^T X. Rows of dY have very different norms (structural sparsity). Two
     biased variants fail the same bound: the N rows of largest leverage score kept unweighted (deterministic
@@ -215,6 +216,7 @@ def test_leverage_sample_rejects_odd_rows():
 
 # --- the op end to end ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_backward_unbiased_for_ste_gradient():
     """Mean of dX, dW over seeds -> the straight-through gradients of the forward actually run:
     dX = dY HQ(W) H^T, dW = dY^T HQ(X) H^T; db exact."""

@@ -109,6 +109,7 @@ def test_skipped_step_does_not_update():
     assert int(model[0].ema_updates) == 0
 
 
+@pytest.mark.slow
 def test_model_ema_neither_corrupts_nor_is_corrupted():
     model = tiny_mlp()
     model_ema = ModelEmaV3(model, decay=0.9)
@@ -129,6 +130,7 @@ def test_model_ema_neither_corrupts_nor_is_corrupted():
     assert not torch.equal(ema_layer.weight_ema, model[0].weight_ema)  # its own average, not the model's
 
 
+@pytest.mark.slow
 def test_resume_from_state_dicts_with_the_hook_attached_again():
     model = tiny_mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -131,6 +131,7 @@ def test_prescale_never_saturates(layout):
     assert deq.max().item() < 0.9  # 0.9 / 2^-3 = 7.2 is clamped to 6 -> 0.75: biased
 
 
+@pytest.mark.slow
 def test_prescaled_quantize_unbiased():
     torch.manual_seed(0)
     x = _worst_case_blocks()[::4] * 3.0
@@ -177,6 +178,7 @@ def _biased_gemm(a, b):
             @ ops.quantize(b.contiguous(), "32x1", "e2m1", "floor", "nearest"))
 
 
+@pytest.mark.slow
 def test_gradients_unbiased():
     torch.manual_seed(0)
     # N = 80 tokens and C = 70 are not multiples of 64: exercises the padding of both reduction dims.
@@ -193,6 +195,7 @@ def test_gradients_unbiased():
     assert rel_error(bx.view_as(gx), gx) > 1.5 * bound and rel_error(bw, gw) > 1.5 * bound
 
 
+@pytest.mark.slow
 def test_gradients_unbiased_without_rht():
     torch.manual_seed(1)
     x, w, b, dy = torch.randn(64, 32), torch.randn(32, 32), torch.randn(32), torch.randn(64, 32)
