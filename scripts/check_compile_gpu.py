@@ -1,5 +1,5 @@
 """GPU check of the device-side stochastic seeds, torch.compile and CUDA-graph capture (the CPU tests cover what
-the CPU can: tests/test_compile.py, tests/test_quant_stochastic.py).
+the CPU can: tests/training/test_compile.py, tests/quantization/mx/test_stochastic.py).
 
 Checks: the kernels reading seed words drawn on the GPU equal the CPU reference fed the same words; QLinear's
 forward and backward make no host synchronisation (torch.cuda.set_sync_debug_mode("error")); a fullgraph-compiled

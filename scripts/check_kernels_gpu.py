@@ -1,5 +1,5 @@
 """GPU check: compiled Triton kernels against the PyTorch reference, bit for bit, on >= 10^7-element tensors for every
-mode (the backward pass's fused kernels included), the boundary cases of tests/test_quant_exact.py (grid midpoints and
+mode (the backward pass's fused kernels included), the boundary cases of tests/quantization/mx/test_exact.py (grid midpoints and
 their one-ulp neighbours, Q-EMA on all-zero blocks, rceil saturation at the top of the dtype) against the CPU
 reference, plus the statistical stochastic-rounding check and QLinear on CUDA against the CPU reference composition.
 

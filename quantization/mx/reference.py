@@ -160,7 +160,7 @@ def round_steps(av: torch.Tensor, step: torch.Tensor, rounding: str, *, uniform:
         # sum a + h is exact or rounds to nearest. frac >= 1/2: a + h >= n + 1 - 2^-25, which rounds to n + 1 (for
         # n = 0 it is the tie 1 - 2^-25 between 1 - 2^-24 and 1, which goes to even 1; for n >= 1 the fp32 below
         # n + 1 are u >= 2^-23 apart). frac < 1/2: frac <= 1/2 - u, so n <= a + h <= n + 1 - u - 2^-25, below the
-        # fp32 n + 1 - u (for a < 1/2, a + h <= 2h = 1 - 2^-24 exactly). tests/test_quant_oracle.py checks the
+        # fp32 n + 1 - u (for a < 1/2, a + h <= 2h = 1 - 2^-24 exactly). tests/quantization/mx/test_oracle.py checks the
         # neighbourhood of every tie.
         return a.add_(_BELOW_HALF).floor_()
     if rounding == "even":

@@ -13,7 +13,7 @@ import main
 from configs import method_label
 from quantization import RECIPES
 
-from pipeline_helpers import REPO
+from tests.helpers import REPO
 
 LAUNCHERS = sorted((REPO / "scripts").glob("table*.sh"))
 # Distinct runs per table (rows that are one run count once): ImageNet, and the DeiT-T rows of the proxy.

@@ -1,7 +1,6 @@
 """The method-config registry: a training-side method's settings are one registered config class, carried by every
 recipe under its key, with no edit to recipes.py; the key order of Recipe.to_dict (and so of config.yaml) is fixed."""
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import yaml
@@ -10,8 +9,7 @@ from configs import load_config
 from quantization import (DampenConfig, FreezeConfig, QRampingConfig, Recipe, get_recipe, method_configs,
                           register_method_config, register_recipe)
 from quantization import recipes, registry
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 
 @dataclass(frozen=True)

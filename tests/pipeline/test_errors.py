@@ -7,27 +7,10 @@ import torch
 
 import main
 
-from pipeline_helpers import REPO
-
-TINY_CLI = ["model.patch_size=7", "model.timm_kwargs={depth: 1, embed_dim: 32, num_heads: 1}", "data.train_subset=64",
-            "data.val_subset=32", "train.epochs=2"]
-
+from tests.helpers import TINY_CLI, cli_args, error_line
 
 def _args(output, *overrides: str, extra: tuple = ()) -> list:
-    args = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config",
-            str(REPO / "configs" / "methods" / "bf16.yaml"), "--output", str(output), *extra]
-    for override in (*TINY_CLI, *overrides):
-        args += ["--set", override]
-    return args
-
-
-def _error_line(capsys) -> str:
-    """The one ``error:`` line main printed to stderr (asserting there is exactly one, and no traceback)."""
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "error:" in line]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
+    return cli_args(output, *TINY_CLI, *overrides, extra=extra)
 
 
 def _contents(directory) -> dict:
@@ -58,14 +41,14 @@ def run_dir(trained, tmp_path):
 ])
 def test_bad_setting_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, override, message):
     assert main.main(_args(tmp_path / "run", override)) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "error: " in line and message in line
     assert not (tmp_path / "run").exists()
 
 
 def test_missing_dataset_exits_2_and_writes_nothing(tmp_path, capsys):
     assert main.main(_args(tmp_path / "run", extra=("--data-path", str(tmp_path / "nowhere")))) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert "Fashion-MNIST not found" in line and str(tmp_path / "nowhere") in line
     assert not (tmp_path / "run").exists()
 
@@ -75,7 +58,7 @@ def test_truncated_checkpoint_is_named_and_left_as_it_was(run_dir, capsys):
     last.write_bytes(last.read_bytes()[:1000])
     before = _contents(run_dir)
     assert main.main(_args(run_dir, extra=("--resume", "auto"))) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"checkpoint {last}: unreadable, truncated or not a checkpoint" in line
     assert "what remains: checkpoint_best.pth in the same directory" in line and "without --resume" in line
     assert _contents(run_dir) == before  # checkpoints, log.jsonl and config.yaml byte for byte
@@ -86,7 +69,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(run_dir, tmp_path, capsys)
     other = tmp_path / "other"
     resume = ("--resume", str(run_dir / "checkpoint_last.pth"))
     assert main.main(_args(other, "model.timm_kwargs={depth: 2, embed_dim: 32, num_heads: 1}", extra=resume)) == 2
-    assert "checkpoint_last.pth: does not fit this run, written by another configuration?" in _error_line(capsys)
+    assert "checkpoint_last.pth: does not fit this run, written by another configuration?" in error_line(capsys)
     assert _contents(run_dir) == before
     assert not other.exists()  # no config.yaml or log.jsonl for a run that never started
 
@@ -95,12 +78,12 @@ def test_checkpoint_without_the_resume_keys(run_dir, capsys):
     path = run_dir / "checkpoint_best.pth"
     torch.save({"model": {}}, path)
     assert main.main(_args(run_dir, extra=("--resume", str(path)))) == 2
-    line = _error_line(capsys)
+    line = error_line(capsys)
     assert f"checkpoint {path}: missing keys ['epoch', 'best_acc1'" in line and "checkpoint_last.pth" in line
 
 
 def test_resume_from_a_missing_file(tmp_path, capsys):
     path = tmp_path / "nope.pth"
     assert main.main(_args(tmp_path / "run", extra=("--resume", str(path)))) == 2
-    assert f"checkpoint {path}: the file does not exist; what remains: a fresh start" in _error_line(capsys)
+    assert f"checkpoint {path}: the file does not exist; what remains: a fresh start" in error_line(capsys)
     assert not (tmp_path / "run").exists()

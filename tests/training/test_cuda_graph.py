@@ -14,8 +14,7 @@ from models import build_model
 from quantization import QRampingAdamW, QRampingConfig, TrainingContext, get_recipe, method_hooks
 from training import (DistContext, GraphedTrainStep, check_cuda_graph_context, eager_capture, load_optimizer_state)
 
-from pipeline_helpers import assert_states_equal, tiny_config
-from test_pipeline_errors import _args, _error_line
+from tests.helpers import TINY_CLI, RecordLog, assert_states_equal, cli_args, error_line, tiny_config
 
 CPU = DistContext(0, 1, torch.device("cpu"))
 
@@ -34,8 +33,8 @@ def test_what_cuda_graph_cannot_run_is_a_config_error(tmp_path, override, method
 
 
 def test_cuda_graph_on_the_cpu_exits_2_with_one_line(tmp_path, capsys):
-    assert main.main(_args(tmp_path / "run", "train.cuda_graph=true", "train.device=cpu")) == 2
-    assert "error: train.cuda_graph=true needs a CUDA device, got train.device='cpu'" in _error_line(capsys)
+    assert main.main(cli_args(tmp_path / "run", *TINY_CLI, "train.cuda_graph=true", "train.device=cpu")) == 2
+    assert "error: train.cuda_graph=true needs a CUDA device, got train.device='cpu'" in error_line(capsys)
     assert not (tmp_path / "run").exists()
 
 
@@ -45,14 +44,6 @@ def test_device_and_process_count_are_checked_when_the_run_starts():
     with pytest.raises(ConfigError, match="runs in one process, but this run has 2"):
         check_cuda_graph_context(DistContext(0, 2, torch.device("cuda", 0)))
     check_cuda_graph_context(DistContext(0, 1, torch.device("cuda", 0)))
-
-
-class _Log:
-    def __init__(self):
-        self.records = []
-
-    def write(self, record):
-        self.records.append(record)
 
 
 def _batches(sizes=(8, 8, 8, 8, 8, 5), seed=3):
@@ -85,7 +76,7 @@ def _run(recipe, graph_options, *, epochs=1, batches=None, capturable=False, lr_
 
     losses = []
     for epoch in range(epochs):
-        log = _Log()
+        log = RecordLog()
         engine.train_one_epoch(model, batches, criterion, optimizer, torch.amp.GradScaler("cpu", enabled=False), CPU,
                                epoch, amp_dtype=None, mixup=None, model_ema=None, clip_grad=1.0, logger=log,
                                log_interval=1, first_step=epoch * len(batches), hooks=hooks,

@@ -9,7 +9,7 @@ from timm.scheduler import create_scheduler_v2
 from configs import OptimConfig, load_config
 from training import build_scheduler
 
-from pipeline_helpers import REPO
+from tests.helpers import REPO
 
 
 def _optimizer(lr: float) -> torch.optim.Optimizer:

@@ -9,10 +9,7 @@ import torch.nn.functional as F
 from quantization.mx import ops
 from quantization.tseng import (TsengConfig, hadamard_matrix, padded_length, prescaled_quantize, random_hadamard,
                                 random_signs, tseng_linear)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
+from tests.helpers import rel_error
 
 
 # --- Hadamard matrix and transform ---------------------------------------------------------------------------------
@@ -134,6 +131,7 @@ def test_prescale_never_saturates(layout):
     assert deq.max().item() < 0.9  # 0.9 / 2^-3 = 7.2 is clamped to 6 -> 0.75: biased
 
 
+@pytest.mark.slow
 def test_prescaled_quantize_unbiased():
     torch.manual_seed(0)
     x = _worst_case_blocks()[::4] * 3.0
@@ -168,7 +166,7 @@ def _mean_grads(x, w, b, dy, draws, config):
         assert torch.equal(br.grad, br0.grad)  # bias gradient in high precision
         sx += xr.grad
         sw += wr.grad
-        errs.append(_rel(xr.grad, xr0.grad))
+        errs.append(rel_error(xr.grad, xr0.grad))
     return sx / draws, sw / draws, xr0.grad, wr0.grad, sum(errs) / draws
 
 
@@ -180,6 +178,7 @@ def _biased_gemm(a, b):
             @ ops.quantize(b.contiguous(), "32x1", "e2m1", "floor", "nearest"))
 
 
+@pytest.mark.slow
 def test_gradients_unbiased():
     torch.manual_seed(0)
     # N = 80 tokens and C = 70 are not multiples of 64: exercises the padding of both reduction dims.
@@ -188,21 +187,22 @@ def test_gradients_unbiased():
     mx, mw, gx, gw, per_draw = _mean_grads(x, w, b, dy, draws, TsengConfig())
     bound = 2.0 * per_draw / draws**0.5  # noise level of an unbiased mean: per-draw error / sqrt(draws) (~0.013)
     assert per_draw < 0.5
-    assert _rel(mx, gx) < bound and _rel(mw, gw) < bound
+    assert rel_error(mx, gx) < bound and rel_error(mw, gw) < bound
     # The biased variant (nearest, no prescale) fails the same bound: its mean stays off by ~4-5%.
     dy2, x2 = dy.reshape(-1, 70), x.reshape(-1, 48)
     bx = sum(_biased_gemm(dy2, w) for _ in range(draws)) / draws
     bw = sum(_biased_gemm(dy2.t(), x2) for _ in range(draws)) / draws
-    assert _rel(bx.view_as(gx), gx) > 1.5 * bound and _rel(bw, gw) > 1.5 * bound
+    assert rel_error(bx.view_as(gx), gx) > 1.5 * bound and rel_error(bw, gw) > 1.5 * bound
 
 
+@pytest.mark.slow
 def test_gradients_unbiased_without_rht():
     torch.manual_seed(1)
     x, w, b, dy = torch.randn(64, 32), torch.randn(32, 32), torch.randn(32), torch.randn(64, 32)
     draws = 200
     mx, mw, gx, gw, per_draw = _mean_grads(x, w, b, dy, draws, TsengConfig(rht=False))
     bound = 2.0 * per_draw / draws**0.5
-    assert _rel(mx, gx) < bound and _rel(mw, gw) < bound
+    assert rel_error(mx, gx) < bound and rel_error(mw, gw) < bound
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -18,7 +18,7 @@ from datasets import build_datasets
 from quantization import ExportError, QLinear, check_exportable, eval_recipe, get_recipe, load_mxfp4, save_mxfp4
 from quantization.export import read_metadata
 
-from pipeline_helpers import tiny_config
+from tests.helpers import tiny_config
 
 E2M1 = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0]
 ALL_CODES = torch.tensor(E2M1 + [-v for v in E2M1])  # codes 0..15 in order; code 8 is -0
@@ -116,6 +116,7 @@ def _logits(model, run_dir, amp_dtype):
         return model.eval()(images)
 
 
+@pytest.mark.slow
 def test_evaluation_from_the_packed_file_is_the_runs(tmp_path, capsys):
     # Q-EMA under bf16 autocast with a model EMA: 16 steps, so Q-EMA's rounding is on after step 10.
     run_dir = _train(tmp_path, "qema", "data.batch_size=16", "train.amp=bf16", "train.model_ema=true",

@@ -10,10 +10,7 @@ import torch.nn.functional as F
 from quantization.int4 import (SPLIT_BASE, Int4Config, bit_split, hadamard_quantize, hadamard_transform,
                                int4_linear, int4_quantize, leverage_probabilities, leverage_sample, lss_quantize)
 from quantization.tseng import hadamard_matrix
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
+from tests.helpers import rel_error
 
 
 # --- forward: Hadamard quantizer -----------------------------------------------------------------------------------
@@ -71,8 +68,8 @@ def test_hadamard_suppresses_outlier():
     w = torch.randn(32, 128)
     ref = (x @ w.t())[4:]
     q_plain = (lambda t: int4_quantize(t)[0] * int4_quantize(t)[1])
-    err_plain = _rel((q_plain(x) @ q_plain(w).t())[4:], ref)
-    err_hq = _rel((hadamard_quantize(x, 32) @ hadamard_quantize(w, 32).t())[4:], ref)
+    err_plain = rel_error((q_plain(x) @ q_plain(w).t())[4:], ref)
+    err_hq = rel_error((hadamard_quantize(x, 32) @ hadamard_quantize(w, 32).t())[4:], ref)
     assert err_hq < 0.5 * err_plain
 
 
@@ -98,7 +95,7 @@ def test_forward_equals_hand_composition(shape, bias):
     out = int4_linear(x, w, b)
     assert out.shape == (*shape[:-1], 24) and out.dtype == x.dtype
     torch.testing.assert_close(out, expected.view(*shape[:-1], 24), atol=1e-5, rtol=1e-5)
-    assert _rel(out, F.linear(x, w, b)) < 0.25  # INT4 per tensor is coarse, but it is a linear layer
+    assert rel_error(out, F.linear(x, w, b)) < 0.25  # INT4 per tensor is coarse, but it is a linear layer
 
 
 # --- backward quantizers -------------------------------------------------------------------------------------------
@@ -150,6 +147,7 @@ def test_leverage_probabilities_capped_and_budget():
     assert p[0] == 1.0 and p[1] == 1.0 and p[2:].sum().item() == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_lss_estimator_unbiased_for_dw():
     """E[lss_quantize(dY, ||X_i||)^T X] = dY^T X. Rows of dY have very different norms (structural sparsity). Two
     biased variants fail the same bound: the N rows of largest leverage score kept unweighted (deterministic
@@ -218,6 +216,7 @@ def test_leverage_sample_rejects_odd_rows():
 
 # --- the op end to end ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_backward_unbiased_for_ste_gradient():
     """Mean of dX, dW over seeds -> the straight-through gradients of the forward actually run:
     dX = dY HQ(W) H^T, dW = dY^T HQ(X) H^T; db exact."""
@@ -238,12 +237,12 @@ def test_backward_unbiased_for_ste_gradient():
         sx += x.grad
         sw += w.grad
         torch.testing.assert_close(b.grad, gy.sum(0))
-    assert _rel(sx / trials, ref_dx) < 0.03  # measured ~0.011-0.019 at 800 trials over seeds 0-2
-    assert _rel(sw / trials, ref_dw) < 0.03
+    assert rel_error(sx / trials, ref_dx) < 0.03  # measured ~0.011-0.019 at 800 trials over seeds 0-2
+    assert rel_error(sw / trials, ref_dw) < 0.03
     # and one draw is a usable (noisy) gradient of the full-precision layer
     x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
     int4_linear(x, w).backward(gy)
-    assert _rel(w.grad, gy.t() @ x0) < 1.0
+    assert rel_error(w.grad, gy.t() @ x0) < 1.0
 
 
 def test_backward_without_lss_is_bit_split_only():
@@ -253,7 +252,7 @@ def test_backward_without_lss_is_bit_split_only():
     int4_linear(x, w, config=Int4Config(lss=False)).backward(gy)
     xq = hadamard_quantize(x.detach(), 32)
     ref_dw = hadamard_transform(gy.t() @ xq, 32)[:, :32]
-    assert _rel(w.grad, ref_dw) < 0.02  # ~7.6-bit dY, no sampling noise
+    assert rel_error(w.grad, ref_dw) < 0.02  # ~7.6-bit dY, no sampling noise
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])

@@ -4,7 +4,7 @@ import pytest
 import main
 from training import read_log
 
-from pipeline_helpers import REPO, tiny_config
+from tests.helpers import REPO, tiny_config
 
 METHOD_FILES = sorted(p.relative_to(REPO / "configs" / "methods").with_suffix("").as_posix()
                       for p in (REPO / "configs" / "methods").rglob("*.yaml"))

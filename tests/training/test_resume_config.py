@@ -6,7 +6,7 @@ import pytest
 import main
 from configs import config_differences, save_config
 
-from pipeline_helpers import REPO, tiny_config
+from tests.helpers import cli_args, tiny_config
 
 
 def test_config_differences_names_dotted_keys():
@@ -20,11 +20,7 @@ def test_config_differences_names_dotted_keys():
 
 
 def _cli_args(output_dir, *overrides):
-    args = ["--config", str(REPO / "configs" / "quickstart.yaml"), "--config",
-            str(REPO / "configs" / "methods" / "tetrajet.yaml"), "--output", str(output_dir), "--resume", "auto"]
-    for override in overrides:
-        args += ["--set", override]
-    return args
+    return cli_args(output_dir, *overrides, method="tetrajet", extra=("--resume", "auto"))
 
 
 def test_resume_auto_refuses_a_changed_config(tmp_path, capsys):

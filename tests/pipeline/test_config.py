@@ -8,7 +8,7 @@ import configs.loader
 from configs import OPTIMIZER_NAMES, ConfigError, config_to_dict, load_config, method_label, parse_override, save_config
 from quantization import RECIPES, get_recipe
 
-from pipeline_helpers import REPO
+from tests.helpers import REPO
 
 MODEL_FILES = sorted((REPO / "configs" / "models").glob("*.yaml"))
 METHOD_FILES = sorted((REPO / "configs" / "methods").glob("*.yaml"))

@@ -136,6 +136,7 @@ def test_the_mx_core_imports_nothing_else_of_the_package():
     assert {path.name: _imports_outside_mx(path) for path in modules} == {path.name: [] for path in modules}
 
 
+@pytest.mark.slow
 def test_the_mx_core_runs_alone(tmp_path):
     """A copy of quantization/mx, without the rest of the package, imports and quantizes (the parent's __init__
     would load everything, so the copy is imported as a top-level package)."""

@@ -182,6 +182,7 @@ def test_outlier_threshold_within_one_ulp_of_numpy_quantile():
             assert abs(got - want) <= np.spacing(np.float32(want)), (shape, q, got, want)
 
 
+@pytest.mark.slow
 def test_outlier_threshold_bitwise_random_sizes():
     g = torch.Generator().manual_seed(11)
     for _ in range(60):

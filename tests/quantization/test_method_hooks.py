@@ -2,23 +2,22 @@
 function does, and the training loop (engine.py) and main.py use them without naming a method."""
 import ast
 import dataclasses
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import engine
-from quantization import (DampenConfig, FreezeConfig, MethodHook, QLinear, QRampingAdamW, QRampingCalibrator,
+from quantization import (DampenConfig, FreezeConfig, MethodHook, QRampingAdamW, QRampingCalibrator,
                           TrainingContext, attach_freeze, attach_qema, dampen_loss, get_recipe, hooks, hooks_optimizer,
                           method_hooks, register_method_hook)
 from quantization.dampen import DampenHook
 from quantization.ema import QEmaHook
 from quantization.freeze import FreezeHook
 from quantization.ramping import QRampingHook
+from tests.helpers import REPO, RecordLog, tiny_mlp, train_mlp
 from training import DistContext
 
-REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH, TOTAL_STEPS = 5, 20
 
 
@@ -37,26 +36,11 @@ def test_hooks_of_several_methods_come_in_registration_order():
     assert hooks_optimizer(method_hooks(recipe)) is QRampingAdamW
 
 
-def _model(recipe, seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(QLinear(64, 48, recipe=recipe), nn.GELU(), QLinear(48, 32, recipe=recipe))
-
-
-def _train(model, optimizer, steps, extra_loss=None):
-    torch.manual_seed(1)  # the backward's stochastic rounding draws from the global generator
-    g = torch.Generator().manual_seed(1)
-    for step in range(steps):
-        optimizer.zero_grad()
-        loss = model(torch.randn(40, 64, generator=g)).square().mean()
-        if extra_loss is not None:
-            loss = loss + extra_loss(step)
-        loss.backward()
-        optimizer.step()
 
 
 def _attached(name, optimizer_cls=torch.optim.AdamW):
     """A model of recipe ``name``, its optimizer and its attached hooks."""
-    model = _model(name)
+    model = tiny_mlp(name)
     optimizer = optimizer_cls(model.parameters(), lr=3e-2)
     found = method_hooks(get_recipe(name))
     for hook in found:
@@ -71,22 +55,22 @@ def _assert_same_model(a, b):
 
 def test_qema_hook_attaches_the_ema_update():
     model, optimizer, _ = _attached("tetrajet_qema")
-    reference = _model("tetrajet_qema")
+    reference = tiny_mlp("tetrajet_qema")
     ref_opt = torch.optim.AdamW(reference.parameters(), lr=3e-2)
     attach_qema(reference, ref_opt)
-    _train(model, optimizer, 3)
-    _train(reference, ref_opt, 3)
+    train_mlp(model, optimizer, 3)
+    train_mlp(reference, ref_opt, 3)
     assert int(model[0].ema_updates) == 3
     _assert_same_model(model, reference)
 
 
 def test_freeze_hook_attaches_freezing_with_the_run_length_and_dtype():
     model, optimizer, _ = _attached("tetrajet_freeze")
-    reference = _model("tetrajet_freeze")
+    reference = tiny_mlp("tetrajet_freeze")
     ref_opt = torch.optim.AdamW(reference.parameters(), lr=3e-2)
     attach_freeze(reference, ref_opt, total_steps=TOTAL_STEPS, dtype=torch.bfloat16)
-    _train(model, optimizer, 3)
-    _train(reference, ref_opt, 3)
+    train_mlp(model, optimizer, 3)
+    train_mlp(reference, ref_opt, 3)
     assert int(model[0].freeze_state.updates) == 3
     _assert_same_model(model, reference)
 
@@ -105,20 +89,20 @@ def test_qramping_hook_calibrates_as_the_calibrator_does():
     (hook,) = method_hooks(get_recipe("tetrajet_qramping"))
     assert hook.optimizer is QRampingAdamW and hook.calibration_steps == config.calib_steps
     hook.calibration_steps = 4  # as scripts/bench.py's --calib-steps does, before attach
-    model = _model("tetrajet_qramping")
+    model = tiny_mlp("tetrajet_qramping")
     optimizer = QRampingAdamW(model.parameters(), lr=3e-2)
     hook.attach(TrainingContext(model, optimizer, STEPS_PER_EPOCH, TOTAL_STEPS, torch.bfloat16))
     assert [hook.calibration_due(s) for s in range(7)] == [s % STEPS_PER_EPOCH == 0 for s in range(7)]
-    reference = _model("tetrajet_qramping")
+    reference = tiny_mlp("tetrajet_qramping")
     ref_opt = QRampingAdamW(reference.parameters(), lr=3e-2)
     calibrator = QRampingCalibrator(reference, ref_opt, STEPS_PER_EPOCH, dataclasses.replace(config, calib_steps=4),
                                     amp_dtype=torch.bfloat16)
     records = []
     for m, opt, calibrate in ((model, optimizer, hook.calibrate), (reference, ref_opt, calibrator.calibrate)):
-        _train(m, opt, 2)
+        train_mlp(m, opt, 2)
         g = torch.Generator().manual_seed(5)
         records.append(calibrate(lambda i: _train_step(m, opt, g)))
-        _train(m, opt, 2)
+        train_mlp(m, opt, 2)
     assert records[0]["type"] == "qramping" and records[0].keys() == records[1].keys()
     assert records[0]["mean_period"] == records[1]["mean_period"]
     _assert_same_model(model, reference)
@@ -153,14 +137,6 @@ class _Toy(MethodHook):
         return {"type": "toy", "losses": len(step_losses)}
 
 
-class _Log:
-    def __init__(self) -> None:
-        self.records = []
-
-    def write(self, record):
-        self.records.append(record)
-
-
 def _epoch(hooks_, calib_batches, logger):
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
@@ -179,7 +155,7 @@ def test_the_training_loop_runs_any_method_through_its_hooks(monkeypatch):
     register_method_hook(lambda recipe: toy if recipe.name == "toy_method" else None)
     found = method_hooks(get_recipe("tetrajet").replace(name="toy_method"))
     assert found == [toy] and method_hooks(get_recipe("tetrajet")) == []
-    asked, logger = [], _Log()
+    asked, logger = [], RecordLog()
 
     def calib_batches(step, count):
         asked.append((step, count))
@@ -190,7 +166,7 @@ def test_the_training_loop_runs_any_method_through_its_hooks(monkeypatch):
     assert toy.loss_steps == [0, 1, 1, 1, 2, 3]  # the calibration's two steps train at step 1
     assert len(toy.calibrated) == 1 and len(toy.calibrated[0][1]) == 1  # the grad scaler is handed to restore
     with pytest.raises(ValueError, match="Toy calibrates: it needs calib_batches"):
-        _epoch([_Toy()], None, _Log())
+        _epoch([_Toy()], None, RecordLog())
 
 
 class _LossOnly(_Toy):
@@ -199,8 +175,8 @@ class _LossOnly(_Toy):
 
 def test_extra_loss_terms_are_added_to_the_training_loss():
     loss_only = _LossOnly()
-    stats = _epoch([loss_only], None, _Log())
-    plain = _epoch([], None, _Log())
+    stats = _epoch([loss_only], None, RecordLog())
+    plain = _epoch([], None, RecordLog())
     assert stats["train_loss"] == pytest.approx(plain["train_loss"] + 0.5, rel=1e-6)  # a constant: same gradients
     assert loss_only.loss_steps == [0, 1, 2, 3] and not loss_only.calibrated
 

@@ -57,7 +57,7 @@ def test_fullgraph_aot_eager_forward_backward_equals_eager(name):
 def test_train_compile_aot_eager_trains_as_eager(tmp_path):
     """main.py with train.compile: one tiny epoch (drop path on) ends in the eager run's model and optimizer."""
     import main
-    from pipeline_helpers import assert_states_equal, tiny_config
+    from tests.helpers import assert_states_equal, tiny_config
     from training import load
 
     states = []
@@ -71,7 +71,7 @@ def test_train_compile_aot_eager_trains_as_eager(tmp_path):
 
 def test_train_compile_names_the_bad_value_and_recipes_it_cannot_trace(tmp_path):
     from configs import ConfigError
-    from pipeline_helpers import tiny_config
+    from tests.helpers import tiny_config
 
     with pytest.raises(ConfigError, match="train.compile 'fast'; valid choices: eager, inductor, aot_eager"):
         tiny_config(tmp_path, "train.compile=fast")

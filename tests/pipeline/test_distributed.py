@@ -20,7 +20,7 @@ import training
 import main
 from training import read_log
 
-from pipeline_helpers import REPO, TINY, assert_states_equal, tiny_config
+from tests.helpers import REPO, TINY, assert_states_equal, tiny_config
 
 DETERMINISTIC = ["aug.no_aug=true", "aug.mixup=0", "aug.cutmix=0", "aug.reprob=0", "model.drop_path=0",
                  "aug.repeated_aug=3", "train.model_ema=true", "train.model_ema_decay=0.9", "train.epochs=2",

@@ -8,7 +8,7 @@ import training
 from quantization import QRampingCalibrator
 from training import read_log
 
-from pipeline_helpers import assert_states_equal, tiny_config
+from tests.helpers import assert_states_equal, tiny_config
 
 STEPS_PER_EPOCH = 8  # 256 images, batch 32
 QRAMPING_FAST = "method.recipe.qramping.calib_steps=3"

@@ -88,6 +88,7 @@ def _run(monitor, model, optimizer, steps):
     return records, snapshots
 
 
+@pytest.mark.slow
 def test_monitor_logs_windows_and_leaves_training_unchanged():
     torch.manual_seed(0)
     model = _Net()
@@ -165,6 +166,7 @@ def test_plot_script_makes_the_four_figures(tmp_path):
         plot.main([*runs, "--out", str(tmp_path / "figures"), "--step", "5"])
 
 
+@pytest.mark.slow
 def test_nearest_activation_rounding_sets_a_floor_under_r_y():
     """Why r(Y) of a quantized ViT stays high when the weights barely move (docs/proxy-study.md): in the proxy's
     model (width 192, 8 blocks) nudging one unquantized bias element of block 0 by 1e-3 changes block 6's output by

@@ -15,7 +15,7 @@ import main
 from training import read_log
 from quantization import get_recipe
 
-from pipeline_helpers import REPO, assert_states_equal, tiny_config
+from tests.helpers import REPO, assert_states_equal, tiny_config
 
 # DeiT's stochastic parts all on: RandAugment, random erasing, Mixup/CutMix, repeated augmentation, drop path, EMA.
 FULL_RECIPE = ["aug.no_aug=false", "aug.auto_augment=rand-m9-mstd0.5-inc1", "aug.reprob=0.25", "aug.mixup=0.8",

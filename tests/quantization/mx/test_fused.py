@@ -102,7 +102,7 @@ def test_requantize_rejects_other_layouts_and_ema():
 
 def test_requantize_keeps_the_saved_dtypes_rounding():
     # Packed from fp32, 60000 rounds up to 4 * 2^14 = 65536, which the tensor read as fp16 holds as inf (a NaN block
-    # after Q6); fp16 data itself would saturate to 3 * 2^14 instead (test_quant_exact.py).
+    # after Q6); fp16 data itself would saturate to 3 * 2^14 instead (test_exact.py).
     x = torch.randn(64, 64)
     x[3, :8] = 60000.0
     mx = dataclasses.replace(quantize_packed(x, "1x32"), dtype=torch.float16)

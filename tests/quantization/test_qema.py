@@ -4,11 +4,11 @@ import copy
 import pytest
 import torch
 from timm.utils import ModelEmaV3
-from torch import nn
 
-from quantization import QLinear, get_recipe, quantize
+from quantization import get_recipe, quantize
 from quantization.ema import attach_qema, qema_layers, update_qema
 from quantization.linear import QEMA_WARMUP_UPDATES
+from tests.helpers import tiny_mlp, train_mlp
 
 BACKENDS = ["torch", "triton"]
 
@@ -49,25 +49,10 @@ def test_ema_equal_to_weight_is_nearest_rounding(backend):
     assert torch.equal(quantize(w, rounding="ema", ema=w, backend=backend), quantize(w, backend=backend))
 
 
-def _model(recipe="tetrajet_qema", seed=0):
-    torch.manual_seed(seed)
-    return nn.Sequential(QLinear(64, 48, recipe=recipe), nn.GELU(), QLinear(48, 32, recipe=recipe))
-
-
-def _train(model, optimizer, steps, seed=1, model_ema=None):
-    torch.manual_seed(seed)  # the backward's stochastic rounding draws from the global generator
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        x = torch.randn(40, 64, generator=g)
-        optimizer.zero_grad()
-        model(x).square().mean().backward()
-        optimizer.step()
-        if model_ema is not None:
-            model_ema.update(model)
 
 
 def test_hook_updates_the_ema_buffer_after_every_step_and_warms_up():
-    model = _model()
+    model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     handle = attach_qema(model, optimizer)
     layers = qema_layers(model)
@@ -78,30 +63,30 @@ def test_hook_updates_the_ema_buffer_after_every_step_and_warms_up():
         plain = layers[0].weight.detach()
         want = quantize(plain, rounding="ema", ema=layers[0].weight_ema) if active else quantize(plain)
         assert torch.equal(layers[0].quantized_weight(), want)
-        _train(model, optimizer, 1, seed=step)
+        train_mlp(model, optimizer, 1, seed=step)
         expected = [e.lerp(m.weight.detach(), 1 - 0.998) for e, m in zip(expected, layers)]
         for m, e in zip(layers, expected):
             assert int(m.ema_updates) == step + 1
             assert torch.equal(m.weight_ema, e)
     assert not torch.equal(layers[0].quantized_weight(), quantize(layers[0].weight.detach()))  # EMA matters here
     handle.remove()
-    _train(model, optimizer, 1)
+    train_mlp(model, optimizer, 1)
     assert int(layers[0].ema_updates) == QEMA_WARMUP_UPDATES + 2
 
 
 @pytest.mark.parametrize("recipe_beta,argument,used", [(0.9, None, 0.9), (0.9, 0.5, 0.5)])
 def test_beta_from_the_recipe_or_the_argument(recipe_beta, argument, used):
-    model = _model(get_recipe("tetrajet_qema").replace(qema_beta=recipe_beta))
+    model = tiny_mlp(get_recipe("tetrajet_qema").replace(qema_beta=recipe_beta))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     before = [m.weight_ema.clone() for m in qema_layers(model)]
     attach_qema(model, optimizer, beta=argument)
-    _train(model, optimizer, 1)
+    train_mlp(model, optimizer, 1)
     for m, e in zip(qema_layers(model), before):
         assert torch.equal(m.weight_ema, e.lerp(m.weight.detach(), 1 - used))
 
 
 def test_batched_update_equals_per_layer_update():
-    model = _model()
+    model = tiny_mlp()
     with torch.no_grad():
         for m in model.parameters():
             m.add_(0.1)
@@ -114,7 +99,7 @@ def test_batched_update_equals_per_layer_update():
 
 
 def test_skipped_step_does_not_update():
-    model = _model()
+    model = tiny_mlp()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     attach_qema(model, optimizer)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
@@ -124,16 +109,17 @@ def test_skipped_step_does_not_update():
     assert int(model[0].ema_updates) == 0
 
 
+@pytest.mark.slow
 def test_model_ema_neither_corrupts_nor_is_corrupted():
-    model = _model()
+    model = tiny_mlp()
     model_ema = ModelEmaV3(model, decay=0.9)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     attach_qema(model, optimizer)
-    reference = _model()
+    reference = tiny_mlp()
     ref_opt = torch.optim.SGD(reference.parameters(), lr=0.5)
     attach_qema(reference, ref_opt)
-    _train(model, optimizer, QEMA_WARMUP_UPDATES + 1, model_ema=model_ema)
-    _train(reference, ref_opt, QEMA_WARMUP_UPDATES + 1)
+    train_mlp(model, optimizer, QEMA_WARMUP_UPDATES + 1, model_ema=model_ema)
+    train_mlp(reference, ref_opt, QEMA_WARMUP_UPDATES + 1)
     for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
         assert torch.equal(a, b)  # the model EMA changed nothing in the training model
     ema_layer = model_ema.module[0]
@@ -144,21 +130,22 @@ def test_model_ema_neither_corrupts_nor_is_corrupted():
     assert not torch.equal(ema_layer.weight_ema, model[0].weight_ema)  # its own average, not the model's
 
 
+@pytest.mark.slow
 def test_resume_from_state_dicts_with_the_hook_attached_again():
-    model = _model()
+    model = tiny_mlp()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     attach_qema(model, optimizer)
-    _train(model, optimizer, 6, seed=3)
+    train_mlp(model, optimizer, 6, seed=3)
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
-    _train(model, optimizer, 8, seed=4)
+    train_mlp(model, optimizer, 8, seed=4)
 
-    resumed = _model(seed=123)
+    resumed = tiny_mlp(seed=123)
     resumed_opt = torch.optim.AdamW(resumed.parameters(), lr=1e-2)
     resumed.load_state_dict(saved_model)
     resumed_opt.load_state_dict(saved_opt)
     attach_qema(resumed, resumed_opt)
     assert not resumed[0].qema_active()
-    _train(resumed, resumed_opt, 8, seed=4)
+    train_mlp(resumed, resumed_opt, 8, seed=4)
     for (key, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), key
     assert resumed[0].qema_active()
@@ -166,8 +153,8 @@ def test_resume_from_state_dicts_with_the_hook_attached_again():
 
 def test_errors():
     with pytest.raises(ValueError, match="no QLinear with Q-EMA"):
-        attach_qema(_model("tetrajet"), torch.optim.SGD(_model().parameters(), lr=0.1))
-    model = _model()
+        attach_qema(tiny_mlp("tetrajet"), torch.optim.SGD(tiny_mlp().parameters(), lr=0.1))
+    model = tiny_mlp()
     with pytest.raises(ValueError, match=r"beta must be in \(0, 1\), got 1.5"):
         attach_qema(model, torch.optim.SGD(model.parameters(), lr=0.1), beta=1.5)
     with pytest.raises(ValueError, match="qema_beta must be in"):
