@@ -115,3 +115,10 @@ def test_source_commit_is_this_checkouts_and_unknown_in_a_copy_inside_another_re
     result = subprocess.run([sys.executable, "-c", "import provenance; print(provenance.source_commit())"],
                             cwd=copy, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "unknown"
+
+
+def test_source_commit_takes_the_commit_a_shipped_copy_is_given(monkeypatch):
+    monkeypatch.setenv(provenance.COMMIT_ENV, "abc1234")
+    assert provenance.source_commit() == "abc1234"
+    monkeypatch.setenv(provenance.COMMIT_ENV, "")
+    assert provenance.source_commit() != "abc1234"
