@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from quantization import MethodHook
+from quantization import MethodHook, with_extra_losses
 from training.cuda_graph import GraphedTrainStep
 from training.distributed import DistContext, all_reduce_sum
 from training.logger import RunLogger
@@ -87,11 +87,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
 
     def eager_step(samples: torch.Tensor, targets: torch.Tensor, step: int) -> float:
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = criterion(model(samples), targets)
-        for hook in hooks:
-            extra = hook.extra_loss(step)
-            if extra is not None:
-                loss = loss + extra
+            loss = with_extra_losses(criterion(model(samples), targets), hooks, step)
         loss_value = all_reduce_sum(loss.detach().float()).item() / ctx.world_size
         check_loss(loss_value, step)
         optimizer.zero_grad(set_to_none=True)

@@ -19,7 +19,8 @@ __all__ += ["MXLinearFunction", "QLinear", "RECIPES", "ROLES", "QuantizerConfig"
 from .dampen import DampenConfig, dampen_hook, dampen_loss
 from .ema import attach_qema, qema_hook
 from .freeze import FreezeConfig, attach_freeze, freeze_hook
-from .hooks import MethodHook, TrainingContext, hooks_optimizer, method_hooks, register_method_hook
+from .hooks import (MethodHook, TrainingContext, hooks_optimizer, method_hooks, register_method_hook,
+                    with_extra_losses)
 from .oscillation import (OscillationMonitor, OscillationRatio, RateOfChange, block_output, nudged_output_change,
                           quant_conf)
 from .ramping import QRampingAdamW, QRampingCalibrator, QRampingConfig, qramping_hook
@@ -35,7 +36,7 @@ register_method_hook(qramping_hook)
 __all__ += ["dampen_loss", "attach_qema", "attach_freeze", "OscillationMonitor", "OscillationRatio", "RateOfChange",
             "block_output", "nudged_output_change", "quant_conf", "QRampingAdamW", "QRampingCalibrator", "DampenConfig",
             "FreezeConfig", "QRampingConfig", "MethodHook", "TrainingContext", "hooks_optimizer", "method_hooks",
-            "register_method_hook"]
+            "register_method_hook", "with_extra_losses"]
 # The other papers' ops: importing each registers its config class, its op and its recipe (in this order, which is
 # the order of their keys in Recipe.to_dict).
 from .tseng import TsengConfig, tseng_linear

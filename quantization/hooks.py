@@ -12,9 +12,7 @@ loop::
     for step, (x, y) in enumerate(loader):
         for hook in (h for h in hooks if h.calibration_due(step)):
             log(hook.calibrate(lambda i: train_step(*next(calibration_batches)), restore=[scaler]))
-        loss = criterion(model(x), y)
-        for extra in (h.extra_loss(step) for h in hooks):
-            loss = loss if extra is None else loss + extra
+        loss = with_extra_losses(criterion(model(x), y), hooks, step)
         ...
 
 Hooks hold no state that a checkpoint needs: what they change lives in the model's buffers and the optimizer's
@@ -98,6 +96,15 @@ def register_method_hook(factory: HookFactory) -> HookFactory:
 def method_hooks(recipe: "Recipe") -> list[MethodHook]:
     """The hooks of the methods ``recipe`` uses, not yet attached."""
     return [hook for hook in (factory(recipe) for factory in _FACTORIES) if hook is not None]
+
+
+def with_extra_losses(loss: torch.Tensor, hooks: Sequence[MethodHook], step: int) -> torch.Tensor:
+    """``loss`` plus each hook's ``extra_loss(step)`` (those that are not None), in the hooks' order."""
+    for hook in hooks:
+        extra = hook.extra_loss(step)
+        if extra is not None:
+            loss = loss + extra
+    return loss
 
 
 def hooks_optimizer(hooks: Sequence[MethodHook]) -> Optional[type]:

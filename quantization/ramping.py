@@ -309,21 +309,25 @@ class QRampingAdamW(torch.optim.Optimizer):
                                "TRITON_INTERPRET=1 on the CPU)")
         return eligible and (self.backend == "triton" or params[0].is_cuda)
 
+    def _kernel_arrays(self, params: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+        """Per parameter, the tensors the Triton step reads and writes, in ramping_kernel's ADDRESS_ROWS order."""
+        arrays = []
+        for param in params:
+            s = self.state[param]
+            arrays.append([param, param.grad.float().contiguous(), s["exp_avg"], s["exp_avg_sq"], s["grad_accum"],
+                           s["accum_count"], s["update_period"]])
+        return arrays
+
     def _ramped_triton(self, params: list[torch.Tensor], steps: list[float], lr: float, beta1: float, beta2: float,
                        eps: float, weight_decay: float) -> None:
         from .ramping_kernel import BlockTables, ramped_adamw_
 
-        arrays, scalars = [], []
-        for param, step in zip(params, steps):
-            s = self.state[param]
-            arrays.append([param, param.grad.float().contiguous(), s["exp_avg"], s["exp_avg_sq"], s["grad_accum"],
-                           s["accum_count"], s["update_period"]])
-            scalars.append([1 - lr * weight_decay, lr / (1 - beta1**step), (1 - beta2**step) ** 0.5, 1 - beta1,
-                            beta2, 1 - beta2, eps])
+        scalars = [[1 - lr * weight_decay, lr / (1 - beta1**step), (1 - beta2**step) ** 0.5, 1 - beta1, beta2,
+                    1 - beta2, eps] for step in steps]
         key = (params[0].device, tuple(p.numel() for p in params))
         if key not in self._tables:
             self._tables[key] = BlockTables(key[1], key[0])
-        ramped_adamw_(arrays, scalars, self._tables[key])
+        ramped_adamw_(self._kernel_arrays(params), scalars, self._tables[key])
 
     def _ramped_on_device(self, params: list[torch.Tensor], counters: list[torch.Tensor], group: dict) -> None:
         """The Triton step with its scalars computed on the device from the device counters, nothing read on the
@@ -347,11 +351,7 @@ class QRampingAdamW(torch.optim.Optimizer):
             _refuse_capture("the block and scalar tables of its fused step")
             self._device_steps[key] = DeviceTableStep(tuple(p.numel() for p in params), device,
                                                       [1 - beta1, beta2, 1 - beta2, group["eps"]])
-        arrays = []
-        for param in params:
-            s = self.state[param]
-            arrays.append([param, param.grad.float().contiguous(), s["exp_avg"], s["exp_avg_sq"], s["grad_accum"],
-                           s["accum_count"], s["update_period"]])
+        arrays = self._kernel_arrays(params)
         step = self._device_steps[key]
         if step.needs_addresses(arrays):
             _refuse_capture("the address table of its fused step")

@@ -42,7 +42,8 @@ from torch import nn
 from bench_qramping import HYPER, block_weights, realistic_periods
 from bench_quant import TOKENS, dequant_rows, fused_rows, kernel_rows
 from models import PAPER_MODELS, build_model
-from quantization import MethodHook, QRampingAdamW, TrainingContext, get_recipe, hooks_optimizer, method_hooks
+from quantization import (MethodHook, QRampingAdamW, TrainingContext, get_recipe, hooks_optimizer, method_hooks,
+                          with_extra_losses)
 from quantization.ema import qema_layers
 from quantization.linear import QEMA_WARMUP_UPDATES
 from training import GraphedTrainStep, source_commit
@@ -176,11 +177,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, hooks: Sequen
     def step(index: int = 0) -> None:
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = nn.functional.cross_entropy(model(x), y)
-        for hook in hooks:
-            extra = hook.extra_loss(index)
-            if extra is not None:
-                loss = loss + extra
+            loss = with_extra_losses(nn.functional.cross_entropy(model(x), y), hooks, index)
         loss.backward()
         optimizer.step()
 

@@ -1,7 +1,8 @@
 """GPU check: compiled Triton kernels against the PyTorch reference, bit for bit, on >= 10^7-element tensors for every
-mode (the backward pass's fused kernels included), the boundary cases of tests/quantization/mx/test_exact.py (grid midpoints and
-their one-ulp neighbours, Q-EMA on all-zero blocks, rceil saturation at the top of the dtype) against the CPU
-reference, plus the statistical stochastic-rounding check and QLinear on CUDA against the CPU reference composition.
+mode (the backward pass's fused kernels included), the boundary cases of tests/quantization/mx/test_exact.py (grid
+midpoints and their one-ulp neighbours, Q-EMA on all-zero blocks, rceil saturation at the top of the dtype) against
+the CPU reference, plus the statistical stochastic-rounding check and QLinear on CUDA against the CPU reference
+composition.
 
 Usage (on a CUDA machine): python scripts/check_kernels_gpu.py [--elements 10000000] [--only fused,boundary,QLinear]
 Prints one line per check and exits non-zero if any fails.

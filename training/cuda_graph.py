@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from configs import ConfigError
-from quantization import MethodHook
+from quantization import MethodHook, with_extra_losses
 
 from .distributed import DistContext
 
@@ -164,11 +164,7 @@ class GraphedTrainStep:
         # No autocast weight cache: a captured graph must not keep casts made outside it (torch's CUDA-graph notes).
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None,
                             cache_enabled=False):
-            loss = self.criterion(self.model(samples), targets)
-        for hook in self.hooks:
-            extra = hook.extra_loss(step)
-            if extra is not None:
-                loss = loss + extra
+            loss = with_extra_losses(self.criterion(self.model(samples), targets), self.hooks, step)
         loss.backward()
         if self.clip_grad is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad)
