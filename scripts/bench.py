@@ -237,7 +237,8 @@ def measure(model_name: str, method: str, args: argparse.Namespace, graphed: boo
 
 
 def profile(model_name: str, args: argparse.Namespace, steps: int = 5) -> dict:
-    """Wall time of a tetrajet step (no profiler), its GPU busy time and its CUDA kernels by time (torch.profiler)."""
+    """Wall time of a tetrajet step (no profiler), its GPU busy time, its CUDA kernels by time and its host-side
+    operators by self CPU time with calls per step (torch.profiler: where a host-bound step's time goes)."""
     model, optimizer, hooks = build(model_name, "tetrajet", args)
     step = train_step(model, optimizer, hooks, args.batch, args.img_size)
     for _ in range(3):
@@ -248,7 +249,8 @@ def profile(model_name: str, args: argparse.Namespace, steps: int = 5) -> dict:
         step()
     torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - start) * 1e3 / steps
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
         for _ in range(steps):
             step()
         torch.cuda.synchronize()
@@ -257,8 +259,11 @@ def profile(model_name: str, args: argparse.Namespace, steps: int = 5) -> dict:
         if event.device_type == torch.autograd.DeviceType.CUDA:
             kernels[event.name] += event.device_time / 1e3 / steps
     busy_ms = sum(kernels.values())  # one stream: its kernels do not overlap
+    host_ops = [(e.key, e.self_cpu_time_total / 1e3 / steps, e.count // steps) for e in prof.key_averages()
+                if e.self_cpu_time_total > 0]
     return dict(model=model_name, wall_ms=wall_ms, gpu_busy_ms=busy_ms, bound=bound_by(busy_ms, wall_ms),
-                kernels_ms=sorted(kernels.items(), key=lambda kv: -kv[1]))
+                kernels_ms=sorted(kernels.items(), key=lambda kv: -kv[1]),
+                host_ops_ms=sorted(host_ops, key=lambda row: -row[1]))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -317,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{p['gpu_busy_ms']:.1f} ms/step ({p['gpu_busy_ms'] / p['wall_ms']:.0%}): {p['bound']}")
         for name, ms in p["kernels_ms"][:15]:
             print(f"{ms:8.3f} ms  {name[:100]}")
+        print("host operators by self CPU time (under the profiler, which slows the host)")
+        for name, ms, calls in p["host_ops_ms"][:25]:
+            print(f"{ms:8.3f} ms  {calls:5d} calls  {name[:90]}")
     if not args.no_kernels:
         x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
         result["kernels"] = kernel_rows(x)
