@@ -40,7 +40,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from bench_qramping import HYPER, block_weights, realistic_periods
-from bench_quant import TOKENS, dequant_rows, fused_rows, kernel_rows
+from bench_quant import TOKENS, print_quantizer_rows, quantizer_rows
 from models import PAPER_MODELS, build_model
 from quantization import (MethodHook, QRampingAdamW, TrainingContext, get_recipe, hooks_optimizer, method_hooks,
                           with_extra_losses)
@@ -327,13 +327,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{ms:8.3f} ms  {calls:5d} calls  {name[:90]}")
     if not args.no_kernels:
         x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
-        result["kernels"] = kernel_rows(x)
-        copy_gbs = result["kernels"][0]["gbs"]
-        result["kernels"] += dequant_rows(x, copy_gbs) + fused_rows(x, copy_gbs)
-        print(f"\nquantizer kernels on a {TOKENS}x384 bf16 tensor")
-        print(f"{'kernel':44s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s}")
-        for r in result["kernels"]:
-            print(f"{r['kernel']:44s} {r['ms']:8.4f} {r['gbs']:8.0f} {r['share']:8.0%}")
+        result["kernels"] = quantizer_rows(x)
+        print_quantizer_rows(result["kernels"], tuple(x.shape))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=1)

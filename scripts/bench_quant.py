@@ -1,7 +1,8 @@
 """Benchmark the MX quantizer kernels and QLinear on a CUDA GPU.
 
 1. Effective bandwidth of each quantizer kernel ((bytes read + written) / median time) next to a plain device copy
-   measured in the same run, on a DeiT-S activation (256 x 197 tokens x 384, bf16).
+   measured in the same run, on a DeiT-S activation (256 x 197 tokens x 384, bf16), launched eagerly and replayed
+   from a CUDA graph (the kernel alone: at tens of microseconds a kernel, an eager launch can cost more than it).
 2. QLinear forward+backward (bf16 autocast, fp32 master weights) against a BF16 nn.Linear for the DeiT-S shapes
    (tokens = 256 x 197; qkv 384->1152, proj 384->384, fc1 384->1536, fc2 1536->384).
 
@@ -10,6 +11,7 @@ Usage: python scripts/bench_quant.py [--json out.json] [--sweep]
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 
@@ -33,27 +35,44 @@ def bench_ms(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def kernel_rows(x: torch.Tensor) -> list[dict]:
-    """One row per (layout, rounding, outputs): GB/s and its share of the copy bandwidth."""
+def graph_ms(fn) -> float:
+    """Median time of ``fn`` replayed from a CUDA graph: the kernel alone, without the host's launch cost."""
+    return triton.testing.do_bench_cudagraph(fn, rep=200, return_mode="median")
+
+
+def timed_row(kernel: str, fn, nbytes: float, copy: dict | None) -> dict:
+    """One kernel's row: ``ms`` launched eagerly, ``graph_ms`` replayed from a CUDA graph, and the effective
+    bandwidth (``nbytes`` read + written) of each as GB/s and as a share of ``copy``'s (None: this row is the copy)."""
+    ms, replay_ms = bench_ms(fn), graph_ms(fn)
+    row = dict(kernel=kernel, ms=ms, gbs=nbytes / ms / 1e6, graph_ms=replay_ms, graph_gbs=nbytes / replay_ms / 1e6)
+    row["share"] = 1.0 if copy is None else row["gbs"] / copy["gbs"]
+    row["graph_share"] = 1.0 if copy is None else row["graph_gbs"] / copy["graph_gbs"]
+    return row
+
+
+def copy_row(x: torch.Tensor) -> dict:
+    """A plain device copy of ``x`` (torch clone): the bandwidth the kernels are measured against."""
+    return timed_row("copy (torch clone)", lambda: x.clone(), 2 * x.numel() * x.element_size(), None)
+
+
+def kernel_rows(x: torch.Tensor, copy: dict) -> list[dict]:
+    """One row per (layout, rounding, outputs) of the quantize kernel."""
     n = x.numel()
-    copy_ms = bench_ms(lambda: x.clone())
-    copy_gbs = 2 * n * x.element_size() / copy_ms / 1e6
-    rows = [dict(kernel="copy (torch clone)", ms=copy_ms, gbs=copy_gbs, share=1.0)]
     fmt = get_format("e2m1")
     ema = torch.randn(x.shape, device=x.device, dtype=torch.float32)
+    rows = []
     for layout, rounding, outputs in itertools.product(("1x32", "32x1"), ("nearest", "stochastic", "ema"),
                                                        ("values", "values+packed", "packed")):
         want_values, want_packed = "values" in outputs, "packed" in outputs
         read = n * x.element_size() + (n * 4 if rounding == "ema" else 0)
         written = (n * x.element_size() if want_values else 0) + ((n // 2 + n // 32) if want_packed else 0)
-        ms = bench_ms(lambda: kernels.quantize_2d(x, layout, fmt, "rceil", rounding, ema2d=ema, seed=SEEDS[0],
-                                                  want_values=want_values, want_packed=want_packed))
-        gbs = (read + written) / ms / 1e6
-        rows.append(dict(kernel=f"quantize {layout} {rounding} -> {outputs}", ms=ms, gbs=gbs, share=gbs / copy_gbs))
+        fn = functools.partial(kernels.quantize_2d, x, layout, fmt, "rceil", rounding, ema2d=ema, seed=SEEDS[0],
+                               want_values=want_values, want_packed=want_packed)
+        rows.append(timed_row(f"quantize {layout} {rounding} -> {outputs}", fn, read + written, copy))
     return rows
 
 
-def fused_rows(x: torch.Tensor, copy_gbs: float) -> list[dict]:
+def fused_rows(x: torch.Tensor, copy: dict) -> list[dict]:
     """The backward pass's fused kernels: dY into both layouts from one read (Q3 + Q5), and a 1x32-packed tensor
     requantized in 32x1 blocks (Q6 of Q1(X))."""
     fmt = get_format("e2m1")
@@ -62,15 +81,28 @@ def fused_rows(x: torch.Tensor, copy_gbs: float) -> list[dict]:
                                             want_values=False, want_packed=True)
     rows = []
     for rounding in ("nearest", "stochastic"):
-        ms = bench_ms(lambda: kernels.quantize_both_layouts_2d(x, fmt, "rceil", rounding, seeds=SEEDS))
-        gbs = 3 * n * size / ms / 1e6
-        rows.append(dict(kernel=f"quantize both layouts {rounding} -> 2x values", ms=ms, gbs=gbs,
-                         share=gbs / copy_gbs))
-        ms = bench_ms(lambda: kernels.requantize_2d(packed, scales, fmt, x.shape[1], x.dtype, fmt, "rceil", rounding,
-                                                    seed=SEEDS[0]))
-        gbs = (n // 2 + n // 32 + n * size) / ms / 1e6
-        rows.append(dict(kernel=f"requantize 1x32 packed -> 32x1 {rounding}", ms=ms, gbs=gbs, share=gbs / copy_gbs))
+        both = functools.partial(kernels.quantize_both_layouts_2d, x, fmt, "rceil", rounding, seeds=SEEDS)
+        rows.append(timed_row(f"quantize both layouts {rounding} -> 2x values", both, 3 * n * size, copy))
+        requantize = functools.partial(kernels.requantize_2d, packed, scales, fmt, x.shape[1], x.dtype, fmt, "rceil",
+                                       rounding, seed=SEEDS[0])
+        rows.append(timed_row(f"requantize 1x32 packed -> 32x1 {rounding}", requantize,
+                              n // 2 + n // 32 + n * size, copy))
     return rows
+
+
+def quantizer_rows(x: torch.Tensor) -> list[dict]:
+    """The kernel table: the copy, then every quantize mode and layout, dequantize, and the fused kernels."""
+    copy = copy_row(x)
+    return [copy, *kernel_rows(x, copy), *dequant_rows(x, copy), *fused_rows(x, copy)]
+
+
+def print_quantizer_rows(rows: list[dict], shape: tuple[int, ...]) -> None:
+    print(f"\nquantizer kernels on a {'x'.join(map(str, shape))} bf16 tensor: launched eagerly, and replayed from a "
+          f"CUDA graph (no launch cost)")
+    print(f"{'kernel':44s} {'ms':>8s} {'of copy':>8s} {'graph ms':>9s} {'GB/s':>6s} {'of copy':>8s}")
+    for r in rows:
+        print(f"{r['kernel']:44s} {r['ms']:8.4f} {r['share']:8.0%} {r['graph_ms']:9.4f} {r['graph_gbs']:6.0f} "
+              f"{r['graph_share']:8.0%}")
 
 
 def linear_rows() -> list[dict]:
@@ -102,7 +134,7 @@ def linear_rows() -> list[dict]:
     return rows
 
 
-def dequant_rows(x: torch.Tensor, copy_gbs: float) -> list[dict]:
+def dequant_rows(x: torch.Tensor, copy: dict) -> list[dict]:
     """The dequantize kernel (packed codes + scales -> bf16 values) for both layouts."""
     fmt = get_format("e2m1")
     n = x.numel()
@@ -110,9 +142,9 @@ def dequant_rows(x: torch.Tensor, copy_gbs: float) -> list[dict]:
     for layout in ("1x32", "32x1"):
         _, packed, scales = kernels.quantize_2d(x, layout, fmt, "rceil", "nearest", ema2d=None, seed=SEEDS[0],
                                                 want_values=False, want_packed=True)
-        ms = bench_ms(lambda: kernels.dequantize_2d(packed, scales, layout, fmt, x.shape[1], x.dtype))
-        gbs = (n // 2 + n // 32 + n * x.element_size()) / ms / 1e6
-        rows.append(dict(kernel=f"dequantize {layout} packed -> values", ms=ms, gbs=gbs, share=gbs / copy_gbs))
+        fn = functools.partial(kernels.dequantize_2d, packed, scales, layout, fmt, x.shape[1], x.dtype)
+        rows.append(timed_row(f"dequantize {layout} packed -> values", fn, n // 2 + n // 32 + n * x.element_size(),
+                              copy))
     return rows
 
 
@@ -212,12 +244,8 @@ def main() -> None:
     commit = args.commit or source_commit()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit}")
     x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
-    result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": kernel_rows(x)}
-    result["kernels"] += dequant_rows(x, result["kernels"][0]["gbs"]) + fused_rows(x, result["kernels"][0]["gbs"])
-    print(f"\nquantizer kernels on a {TOKENS}x384 bf16 tensor")
-    print(f"{'kernel':44s} {'ms':>8s} {'GB/s':>8s} {'of copy':>8s}")
-    for r in result["kernels"]:
-        print(f"{r['kernel']:44s} {r['ms']:8.4f} {r['gbs']:8.0f} {r['share']:8.0%}")
+    result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": quantizer_rows(x)}
+    print_quantizer_rows(result["kernels"], tuple(x.shape))
     result["linear"] = linear_rows()
     print(f"\nQLinear fwd+bwd, tokens {TOKENS}, bf16 autocast")
     print(f"{'shape':18s} {'bf16 ms':>8s} {'tetrajet':>9s} {'ratio':>6s} {'microsc.':>9s} {'ratio':>6s}")
