@@ -17,6 +17,7 @@ from quantization import MethodHook, with_extra_losses
 from training.cuda_graph import GraphedTrainStep
 from training.distributed import DistContext, all_reduce_sum
 from training.logger import RunLogger
+from training.rewind import rewound
 
 MIB = 2**20
 
@@ -114,7 +115,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, criterion: nn.Module, 
             if hook.calibration_due(step):
                 batches = calib_batches(step, hook.calibration_steps)
                 with graph.eager() if graph is not None else contextlib.nullcontext():
-                    record = hook.calibrate(lambda i: train_step(*next(batches), step), restore=[scaler])
+                    record = hook.calibrate(lambda i: train_step(*next(batches), step),
+                                            rewind=lambda: rewound([_unwrap(model), optimizer, scaler]))
                 logger.write({**record, "step": step, "epoch": epoch})
         loss_value = train_step(samples, targets, step)
         if model_ema is not None:

@@ -144,7 +144,7 @@ class Trainer:
                                                   len(self.loaders.train), self.global_batch)
         # Hooks keep their state in the model's buffers and the optimizer's state: the checkpoint holds it.
         context = TrainingContext(self.model, self.optimizer, len(self.loaders.train), self.total_steps,
-                                  self.amp_dtype)
+                                  self.amp_dtype, share_from_main=training.broadcast_from_main)
         for hook in self.hooks:
             hook.attach(context)
         self.graph = training.GraphedTrainStep(

@@ -1,12 +1,14 @@
-"""Q-EMA's update: W_ema <- beta W_ema + (1 - beta) W after every optimizer step, for every Q-EMA QLinear.
+"""Q-EMA: the weight quantizer rounds against an EMA of the weight, W_ema <- beta W_ema + (1 - beta) W after every
+optimizer step, for every Q-EMA QLinear.
 
-The EMA lives in each QLinear's ``weight_ema`` buffer (with its update count ``ema_updates``), so checkpoints save
-and restore it with the model; Q-EMA rounding switches on after QEMA_WARMUP_UPDATES updates and then also acts in
-evaluation. ``attach_qema`` registers the update as an optimizer step post-hook, so the training loop cannot forget
-it: it runs exactly when the weights change (a step that torch.amp.GradScaler skips for non-finite gradients does
-not update the EMA either). It needs no communication under DDP (every rank holds the same weights after the step)
-and touches only the training model: timm's model EMA keeps its own copy of the buffers (it averages ``weight_ema``
-and copies ``ema_updates`` like any other buffer), which never feeds back into the training model.
+The EMA lives in each QLinear's ``qema_state`` (a ``QEmaState``: buffers ``weight_ema`` and its update count
+``ema_updates``), registered as a layer state, so the core Linear names no method and checkpoints save and restore
+it with the model. Q-EMA rounding switches on after QEMA_WARMUP_UPDATES updates and then also acts in evaluation.
+``attach_qema`` registers the update as an optimizer step post-hook, so the training loop cannot forget it: it runs
+exactly when the weights change (a step that torch.amp.GradScaler skips for non-finite gradients does not update
+the EMA either). It needs no communication under DDP (every rank holds the same weights after the step) and touches
+only the training model: timm's model EMA keeps its own copy of the buffers (it averages ``weight_ema`` and copies
+``ema_updates`` like any other buffer), which never feeds back into the training model.
 
 Typical use, after the optimizer is built and (on resume) after the checkpoint is loaded into model and optimizer::
 
@@ -25,21 +27,60 @@ from torch.utils.hooks import RemovableHandle
 from .hooks import MethodHook, TrainingContext
 from .linear import QLinear
 from .recipes import Recipe
+from .registry import register_layer_state
+
+QEMA_WARMUP_UPDATES = 10
+
+
+class QEmaState(nn.Module):
+    """One layer's Q-EMA: ``weight_ema`` (fp32, starting at the weight) and ``ema_updates`` (int64 count). What the
+    weight quantizer's "ema" rounding compares against is the EMA once the count reaches QEMA_WARMUP_UPDATES; before
+    that the weight itself, with which "ema" rounding is exactly nearest rounding."""
+
+    # Before Q-EMA became a layer state its buffers sat on the QLinear itself (checkpoints before 2026-12-02).
+    legacy_keys = {"weight_ema": "weight_ema", "ema_updates": "ema_updates"}
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight_ema", weight.detach().clone().float())
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64, device=weight.device))
+
+    def rounding_target(self, weight: torch.Tensor) -> torch.Tensor:
+        """The EMA once active, else ``weight``; chosen on the device, so the forward never reads the count."""
+        return torch.where(self.ema_updates >= QEMA_WARMUP_UPDATES, self.weight_ema, weight.detach().float())
+
+    @torch.no_grad()
+    def update(self, weight: torch.Tensor, beta: float) -> None:
+        """W_ema <- beta W_ema + (1 - beta) W, and one more count (``update_qema`` does this for many layers)."""
+        self.weight_ema.lerp_(weight.float(), 1.0 - beta)
+        self.ema_updates += 1
+
+    def active(self) -> bool:
+        """Whether Q-EMA rounding is on. Reads the count on the host (a sync): for reports and tests."""
+        return int(self.ema_updates) >= QEMA_WARMUP_UPDATES
+
+
+def _qema_layer_state(recipe: Recipe, weight: torch.Tensor) -> QEmaState | None:
+    return QEmaState(weight) if recipe.uses_qema else None
+
+
+register_layer_state("qema_state", _qema_layer_state)
 
 
 def qema_layers(model: nn.Module) -> list[QLinear]:
     """The QLinears of ``model`` whose weight quantizer rounds with Q-EMA."""
-    return [m for m in model.modules() if isinstance(m, QLinear) and m.uses_qema]
+    return [m for m in model.modules() if isinstance(m, QLinear) and isinstance(m.qema_state, QEmaState)]
 
 
 @torch.no_grad()
 def update_qema(layers: list[QLinear], beta: float) -> None:
-    """One EMA update of every layer's ``weight_ema`` (and count), batched: same values as calling
-    ``layer.update_weight_ema(beta)`` on each layer."""
+    """One EMA update of every layer's Q-EMA, batched: the same values as ``layer.qema_state.update(layer.weight,
+    beta)`` on each layer."""
     if not 0.0 < beta < 1.0:
         raise ValueError(f"Q-EMA beta must be in (0, 1), got {beta!r}")
-    torch._foreach_lerp_([m.weight_ema for m in layers], [m.weight.float() for m in layers], 1.0 - beta)
-    torch._foreach_add_([m.ema_updates for m in layers], 1)
+    states = [m.qema_state for m in layers]
+    torch._foreach_lerp_([s.weight_ema for s in states], [m.weight.float() for m in layers], 1.0 - beta)
+    torch._foreach_add_([s.ema_updates for s in states], 1)
 
 
 def attach_qema(model: nn.Module, optimizer: torch.optim.Optimizer, beta: float | None = None) -> RemovableHandle:

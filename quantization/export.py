@@ -9,8 +9,8 @@ The file (docs/numerics.md#exported-mxfp4-files has the full layout):
 * ``<layer>.weight_scale``: uint8 (C, ceil(D / 32)), one E8M0 byte b per block of 32 along D (the reduction dim of
   Y = X W^T), the block's factor 2^(b - 127); b = 255 marks a NaN block (its codes are zero). An all-zero block has
   b = 0 (its exponent sits at the lower clamp -127) and codes 0 or 0x8 (signed zeros survive).
-* every other entry of the model's state dict under its own name (the QLinears' quantizer state, Q-EMA's
-  ``weight_ema`` and ``ema_updates`` and Freeze's buffers, is left out: it is baked into the codes or only matters
+* every other entry of the model's state dict under its own name (the QLinears' methods' layer states, such as
+  Q-EMA's ``qema_state`` and Freeze's ``freeze_state``, are left out: they are baked into the codes or only matter
   for training). ``rest="eval"`` stores each in the dtype the evaluation computes with: under bf16 (fp16) autocast
   the weights and biases of Linear and Conv modules are cast to bf16 (fp16) before use, so they are stored so,
   bit-exactly; LayerNorm parameters, position embeddings and class tokens enter fp32 arithmetic and stay fp32.
@@ -92,12 +92,12 @@ def eval_recipe(recipe: Recipe) -> Recipe:
 @torch.no_grad()
 def packed_weight(layer: QLinear, dtype: torch.dtype | None = None) -> MXTensor:
     """Q2(W) of ``layer`` in packed form, as its forward computes it: W cast to ``dtype`` (the autocast dtype; None:
-    W's own), quantized by q2 against QLinear's own Q-EMA target (``QLinear.qema_target``: the EMA once active,
+    W's own), quantized by q2 against QLinear's own Q-EMA target (``QLinear.rounding_target``: the EMA once active,
     before that W itself, against which "ema" rounding is nearest)."""
     check_exportable(layer.recipe)
     q2 = layer.recipe.q2
     weight = layer.weight.detach().to(dtype or layer.weight.dtype).contiguous()
-    return quantize_packed(weight, "1x32", q2.fmt, q2.scale_rule, q2.rounding, ema=layer.qema_target(weight))
+    return quantize_packed(weight, "1x32", q2.fmt, q2.scale_rule, q2.rounding, ema=layer.rounding_target(weight))
 
 
 def _autocast_consumed(model: nn.Module) -> set[str]:

@@ -11,18 +11,20 @@ loop::
         hook.attach(TrainingContext(model, optimizer, steps_per_epoch, total_steps, amp_dtype))
     for step, (x, y) in enumerate(loader):
         for hook in (h for h in hooks if h.calibration_due(step)):
-            log(hook.calibrate(lambda i: train_step(*next(calibration_batches)), restore=[scaler]))
+            log(hook.calibrate(lambda i: train_step(*next(calibration_batches)),
+                               rewind=lambda: training.rewound([model, optimizer, scaler])))
         loss = with_extra_losses(criterion(model(x), y), hooks, step)
         ...
 
 Hooks hold no state that a checkpoint needs: what they change lives in the model's buffers and the optimizer's
-state, so saving and loading those resumes a method exactly. Random-generator snapshots and the distributed set-up
-stay with the training code and the calibrator.
+state, so saving and loading those resumes a method exactly. The training machinery a calibration needs comes from
+the loop: ``rewind`` (taking its steps back: state dicts and random generators, training.rewound) and
+``TrainingContext.share_from_main`` (under DDP, every process adopts the main process's result).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, ContextManager, Optional, Sequence
 
 import torch
 from torch import nn
@@ -31,22 +33,25 @@ if TYPE_CHECKING:
     from .recipes import Recipe
 
 
-class Stateful(Protocol):
-    def state_dict(self) -> dict: ...
-
-    def load_state_dict(self, state_dict: dict) -> object: ...
+# A calibration's way to take its steps back: ``with rewind(): ...`` leaves everything the training loop owns (model,
+# optimizer, grad scaler, random generators) on exit as it was on entry.
+Rewind = Callable[[], ContextManager[None]]
+# Under data parallelism: makes every process hold the main process's values of these tensors, in place.
+ShareFromMain = Callable[[Sequence[torch.Tensor]], None]
 
 
 @dataclass(frozen=True)
 class TrainingContext:
-    """The run a hook attaches to: the model (not wrapped in DDP), its optimizer, the schedule's length and the
-    autocast dtype of the forward (None: none)."""
+    """The run a hook attaches to: the model (not wrapped in DDP), its optimizer, the schedule's length, the
+    autocast dtype of the forward (None: none) and, with several processes, ``share_from_main`` (None: one
+    process), through which what a calibration decides becomes the main process's decision on every rank."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
     steps_per_epoch: int
     total_steps: int
     amp_dtype: Optional[torch.dtype] = None
+    share_from_main: Optional[ShareFromMain] = None
 
 
 class MethodHook:
@@ -76,9 +81,9 @@ class MethodHook:
         """Whether a calibration runs before global ``step``."""
         return False
 
-    def calibrate(self, train_step: Callable[[int], object], restore: Sequence[Stateful] = ()) -> dict:
-        """Call ``train_step(i)`` for i < ``calibration_steps``, leave model, optimizer and ``restore`` as they were
-        but for what the calibration sets; returns a record for the run log (its ``type`` names the method)."""
+    def calibrate(self, train_step: Callable[[int], object], rewind: Rewind) -> dict:
+        """Call ``train_step(i)`` for i < ``calibration_steps`` inside ``with rewind():``, then set what the
+        calibration decides; returns a record for the run log (its ``type`` names the method)."""
         raise NotImplementedError(f"{self.name} does not calibrate")
 
 

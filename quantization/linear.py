@@ -8,9 +8,7 @@ from torch import nn
 from .amp import autocast_operands
 from .mx.ops import MXTensor, dequantize, draw_seeds, quantize_2d, quantize_both_layouts_2d, requantize_2d
 from .recipes import BACKWARD_ROLES, ROLE_LAYOUTS, QuantizerConfig, Recipe, get_recipe
-from .registry import layer_states, linear_op
-
-QEMA_WARMUP_UPDATES = 10
+from .registry import layer_state_names, layer_states, linear_op
 
 
 def _quantize(t2d: torch.Tensor, config: QuantizerConfig | None, role: str, *, want_packed: bool = False,
@@ -20,13 +18,6 @@ def _quantize(t2d: torch.Tensor, config: QuantizerConfig | None, role: str, *, w
         return t2d, None, None
     return quantize_2d(t2d, ROLE_LAYOUTS[role], config.fmt, config.scale_rule, config.rounding, ema2d=ema2d,
                        want_packed=want_packed, seed=seed)
-
-
-def qema_rounding_target(weight: torch.Tensor, weight_ema: torch.Tensor, ema_updates: torch.Tensor) -> torch.Tensor:
-    """What Q-EMA rounding of ``weight`` compares against: the EMA once ``ema_updates`` has reached
-    QEMA_WARMUP_UPDATES, before that the weight itself, with which "ema" rounding is exactly nearest rounding.
-    Chosen on the device, so the forward never reads the counter on the host."""
-    return torch.where(ema_updates >= QEMA_WARMUP_UPDATES, weight_ema, weight.detach().float())
 
 
 def _backward_seeds(recipe: Recipe, need_dx: bool, need_dw: bool,
@@ -72,19 +63,21 @@ class MXLinearFunction(torch.autograd.Function):
 
     W' / X' are Q2(W) / Q1(X) when ``recipe.double_quant`` (saved for backward in packed 4-bit form), else the
     full-precision W / X. Stochastic quantizers draw their seeds on dY's device in the order Q3, Q4, Q5, Q6.
-    ``weight_ema``: Q2's "ema" rounding target (``qema_rounding_target``), None for other recipes.
+    ``rounding_target``: what Q2's "ema" rounding compares against (``QLinear.rounding_target``), None for other
+    recipes.
     """
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, recipe: Recipe,
-                weight_ema: torch.Tensor | None):
+                rounding_target: torch.Tensor | None):
         in_features = x.shape[-1]
         x2d = x.reshape(-1, in_features).contiguous()
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         pack_x = recipe.double_quant and recipe.q1 is not None and need_dw
         pack_w = recipe.double_quant and recipe.q2 is not None and need_dx
         xq, x_packed, x_scales = _quantize(x2d, recipe.q1, "q1", want_packed=pack_x)
-        wq, w_packed, w_scales = _quantize(weight.contiguous(), recipe.q2, "q2", want_packed=pack_w, ema2d=weight_ema)
+        wq, w_packed, w_scales = _quantize(weight.contiguous(), recipe.q2, "q2", want_packed=pack_w,
+                                     ema2d=rounding_target)
         out = F.linear(xq, wq, bias)
 
         ctx.recipe = recipe
@@ -124,58 +117,60 @@ class QLinear(nn.Linear):
     """nn.Linear whose forward and backward GEMM operands go through the recipe's six MX quantizers, or that runs the
     registered Linear op whose config the recipe holds instead (``recipe.op``: quantization.registry).
 
-    State dicts stay compatible with nn.Linear (plus ``weight_ema``/``ema_updates`` buffers for Q-EMA recipes and the
-    ``freeze_state.*`` buffers for Freeze recipes). Under autocast the operands are cast to the autocast dtype first,
-    so quantization sees what the GEMM would see.
+    Methods keep their per-layer state in modules registered with quantization.registry.register_layer_state
+    (Q-EMA's ``qema_state``, Freeze's ``freeze_state``), so state dicts are nn.Linear's plus those buffers. When
+    the weight quantizer rounds with "ema", the one layer state that has a ``rounding_target(weight)`` method
+    supplies what it rounds against. Under autocast the operands are cast to the autocast dtype first, so
+    quantization sees what the GEMM would see.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, recipe: "str | Recipe" = "tetrajet",
                  device=None, dtype=None) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.recipe = get_recipe(recipe)
-        if self.uses_qema:
-            self.register_buffer("weight_ema", self.weight.detach().clone().float())
-            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.int64))
-        # Methods' per-layer state (e.g. Freeze's ``freeze_state``; quantization.registry.register_layer_state).
+        self._build_layer_states()
+
+    def _build_layer_states(self) -> None:
+        """(Re)build the methods' per-layer states from the current weight and find Q2's rounding-target supplier.
+        ValueError if a recipe whose q2 rounds with "ema" gets no, or several, suppliers."""
+        self._target_state = None
+        suppliers = []
         for attribute, state in layer_states(self.recipe, self.weight).items():
             setattr(self, attribute, state)
+            if hasattr(state, "rounding_target"):
+                suppliers.append(attribute)
+        if len(suppliers) != int(self.recipe.uses_qema):
+            expected = "one" if self.recipe.uses_qema else "no"
+            raise ValueError(f"recipe {self.recipe.name!r}: {expected} layer state with a rounding_target expected "
+                             f"(q2 rounding 'ema' needs Q-EMA's, which quantization.ema registers), got "
+                             f"{suppliers or 'none'}")
+        self._target_state = suppliers[0] if suppliers else None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, recipe: "str | Recipe") -> "QLinear":
-        """A QLinear carrying ``linear``'s weights (same device and dtype)."""
+        """A QLinear carrying ``linear``'s weights (same device and dtype), its methods' states built from them."""
         q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, recipe=recipe,
                 device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
             q.weight.copy_(linear.weight)
             if linear.bias is not None:
                 q.bias.copy_(linear.bias)
-            if q.uses_qema:
-                q.weight_ema.copy_(linear.weight)
+        q._build_layer_states()
         return q
 
-    @property
-    def uses_qema(self) -> bool:
-        return self.recipe.uses_qema
+    def rounding_target(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """What Q2's "ema" rounding of ``weight`` compares against, from the layer state that supplies it (Q-EMA's
+        EMA once active); None when q2 does not round with "ema"."""
+        return None if self._target_state is None else getattr(self, self._target_state).rounding_target(weight)
 
-    @torch.no_grad()
-    def update_weight_ema(self, beta: float) -> None:
-        """W_ema <- beta W_ema + (1 - beta) W; Q-EMA rounding switches on after 10 updates (docs/methods.md#q-ema).
-
-        quantization.ema.attach_qema performs this same update, batched over all layers, after every optimizer step.
-        """
-        if not self.uses_qema:
-            raise RuntimeError(f"recipe {self.recipe.name!r} does not use Q-EMA (q2 rounding is not 'ema')")
-        self.weight_ema.lerp_(self.weight.float(), 1.0 - beta)
-        self.ema_updates += 1
-
-    def qema_active(self) -> bool:
-        """Whether Q-EMA rounding is on: ``ema_updates`` has reached QEMA_WARMUP_UPDATES. Reads the counter on the
-        host (a sync): for reports and tests; the forward decides on the device (``qema_rounding_target``)."""
-        return self.uses_qema and int(self.ema_updates) >= QEMA_WARMUP_UPDATES
-
-    def qema_target(self, weight: torch.Tensor) -> torch.Tensor | None:
-        """What Q2's "ema" rounding of ``weight`` compares against (``qema_rounding_target``); None without Q-EMA."""
-        return qema_rounding_target(weight, self.weight_ema, self.ema_updates) if self.uses_qema else None
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A layer state may name the keys its buffers had in older checkpoints (``legacy_keys``: old -> new name).
+        for attribute in layer_state_names():
+            state = getattr(self, attribute, None)
+            for old, new in getattr(state, "legacy_keys", {}).items():
+                if prefix + old in state_dict:
+                    state_dict[f"{prefix}{attribute}.{new}"] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def quantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -183,7 +178,7 @@ class QLinear(nn.Linear):
         the recipe's q2, with Q-EMA rounding once active; W itself when q2 is off. For measurements (oscillation
         metrics, Q-Ramping calibration, the Dampen target)."""
         weight = self.weight.detach() if dtype is None else self.weight.detach().to(dtype)
-        values, _, _ = _quantize(weight.contiguous(), self.recipe.q2, "q2", ema2d=self.qema_target(weight))
+        values, _, _ = _quantize(weight.contiguous(), self.recipe.q2, "q2", ema2d=self.rounding_target(weight))
         return values
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +188,7 @@ class QLinear(nn.Linear):
             return linear_op(self.recipe.op).fn(x, self.weight, self.bias, self.recipe.op)
         x, weight, bias = autocast_operands(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False):
-            return MXLinearFunction.apply(x, weight, bias, self.recipe, self.qema_target(weight))
+            return MXLinearFunction.apply(x, weight, bias, self.recipe, self.rounding_target(weight))
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, recipe={self.recipe.name}"

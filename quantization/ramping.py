@@ -12,26 +12,23 @@ step, whose last bits differ from its default step).
 
 Calibration: ``QRampingCalibrator`` runs, every T_update steps (default: at each epoch start), T0 (default 30) steps
 of plain AdamW, measures each quantized weight's oscillation ratio R_w through the same forward weight quantizer as
-training, restores model, optimizer, grad scaler, random generators (and whatever else it is given) from an
-in-memory snapshot and sets the periods p = k2 * floor(R_w / k1) + 1, capped at the steps per epoch.
+training, inside the training loop's ``rewind`` (which puts model, optimizer, grad scaler and random generators back
+as they were: training.rewound) and sets the periods p = k2 * floor(R_w / k1) + 1, capped at the steps per epoch.
+Under DDP every rank adopts rank 0's periods through the loop's ``share_from_main``.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-import random
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.optim.adamw import adamw as _torch_adamw
 
-from .hooks import MethodHook, Stateful, TrainingContext
+from .hooks import MethodHook, Rewind, ShareFromMain, TrainingContext
 from .linear import QLinear
 from .mx.backends import triton_interpreted
 from .oscillation import OSCILLATING_RATIO, OscillationRatio
@@ -383,33 +380,14 @@ def update_periods_from_ratio(ratio: torch.Tensor, k1: float, k2: int, max_perio
     return (k2 * torch.floor(ratio / k1) + 1).clamp(max=max_period).to(PERIOD_DTYPE)
 
 
-class _Snapshot:
-    """Copies (in memory, on the objects' own devices) of state dicts and of every random generator's state."""
-
-    def __init__(self, objects: Sequence[Stateful]) -> None:
-        self.objects = list(objects)
-        self.states = [copy.deepcopy(obj.state_dict()) for obj in self.objects]
-        self.rng = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                    torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
-
-    def restore(self) -> None:
-        for obj, state in zip(self.objects, self.states):
-            obj.load_state_dict(state)
-        python, numpy_state, torch_state, cuda_state = self.rng
-        random.setstate(python)
-        np.random.set_state(numpy_state)
-        torch.set_rng_state(torch_state)
-        if cuda_state is not None:
-            torch.cuda.set_rng_state_all(cuda_state)
-
-
 class QRampingCalibrator:
     """Q-Ramping's calibration: measure R_w over T0 plain-AdamW steps, restore everything, set the update periods.
 
     ``model``: the training model unwrapped from DDP (its QLinears with a weight quantizer are measured);
     ``steps_per_epoch``: caps the periods and is the default interval; ``config``: k1, k2, T0 (``calib_steps``)
     and the interval (default: the first QLinear's ``recipe.method_config("qramping")``); ``amp_dtype``: the
-    autocast dtype of the forward (its weight quantizer sees W in that dtype).
+    autocast dtype of the forward (its weight quantizer sees W in that dtype); ``share_from_main``: with several
+    processes, makes every rank hold rank 0's periods (whatever its own numerics gave; None: one process).
 
     Example, in the training loop (``train_step`` = forward, backward, clip, ``scaler.step(optimizer)``,
     ``scaler.update()`` on a batch; no model-EMA update, no logging); each calibration step takes a new batch from a
@@ -419,13 +397,15 @@ class QRampingCalibrator:
         for step, (x, y) in enumerate(batches, start=first_step):
             if calibrator.due(step):
                 calib = iter(calibration_loader)
-                record = calibrator.calibrate(lambda i: train_step(*next(calib)), restore=[scaler])
+                record = calibrator.calibrate(lambda i: train_step(*next(calib)),
+                                              rewind=lambda: training.rewound([model, optimizer, scaler]))
                 logger.write(record)
             train_step(x, y)
     """
 
     def __init__(self, model: nn.Module, optimizer: QRampingAdamW, steps_per_epoch: int,
-                 config: QRampingConfig | None = None, *, amp_dtype: torch.dtype | None = None) -> None:
+                 config: QRampingConfig | None = None, *, amp_dtype: torch.dtype | None = None,
+                 share_from_main: Optional[ShareFromMain] = None) -> None:
         if not isinstance(optimizer, QRampingAdamW):
             raise TypeError(f"Q-Ramping needs a QRampingAdamW optimizer, got {type(optimizer).__name__}")
         if steps_per_epoch < 1:
@@ -436,35 +416,34 @@ class QRampingCalibrator:
         self.config = config or self.layers[0].recipe.method_config("qramping") or QRampingConfig()
         self.model, self.optimizer = model, optimizer
         self.steps_per_epoch, self.amp_dtype = steps_per_epoch, amp_dtype
+        self.share_from_main = share_from_main
         self.interval = self.config.interval or steps_per_epoch
 
     def due(self, step: int) -> bool:
         """Whether global step ``step`` (0-based) starts a calibration period."""
         return step % self.interval == 0
 
-    def calibrate(self, train_step: Callable[[int], object], restore: Sequence[Stateful] = ()) -> dict:
-        """Run ``train_step(i)`` for i < T0 under plain AdamW, measuring R_w; restore model, optimizer, the objects
-        in ``restore`` (grad scaler, model EMA, ...) and the random generators; set the periods. Returns a record
-        for the run log: seconds taken, the share of oscillating weights (R_w > 16) and of weights with a period
-        above 1, the mean and largest period."""
+    def calibrate(self, train_step: Callable[[int], object], rewind: Rewind) -> dict:
+        """Run ``train_step(i)`` for i < T0 under plain AdamW inside ``with rewind():`` (which must restore model,
+        optimizer, grad scaler and random generators: training.rewound), measuring R_w; then set the periods.
+        Returns a record for the run log: seconds taken, the share of oscillating weights (R_w > 16) and of weights
+        with a period above 1, the mean and largest period."""
         cuda = self.layers[0].weight.is_cuda
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        snapshot = _Snapshot([self.model, self.optimizer, *restore])
         tracker = OscillationRatio()
-        tracker.update(*self._observe())
-        with self.optimizer.plain_adamw():
-            for i in range(self.config.calib_steps):
-                train_step(i)
-                tracker.update(*self._observe())
-        snapshot.restore()
+        with rewind():
+            tracker.update(*self._observe())
+            with self.optimizer.plain_adamw():
+                for i in range(self.config.calib_steps):
+                    train_step(i)
+                    tracker.update(*self._observe())
         cap = self.steps_per_epoch
         periods = {layer.weight: update_periods_from_ratio(r, self.config.k1, self.config.k2, cap)
                    for layer, r in zip(self.layers, tracker.ratios())}
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            for period in periods.values():  # every rank must use rank 0's periods, whatever its numerics did
-                dist.broadcast(period, src=0)
+        if self.share_from_main is not None:
+            self.share_from_main(list(periods.values()))
         self.optimizer.set_update_periods(periods)
         all_periods = torch.cat([p.flatten() for p in periods.values()])
         oscillating = sum(int((r > OSCILLATING_RATIO).sum()) for r in tracker.ratios())
@@ -494,13 +473,13 @@ class QRampingHook(MethodHook):
     def attach(self, context: TrainingContext) -> None:
         config = dataclasses.replace(self.config, calib_steps=self.calibration_steps)
         self.calibrator = QRampingCalibrator(context.model, context.optimizer, context.steps_per_epoch, config,
-                                             amp_dtype=context.amp_dtype)
+                                             amp_dtype=context.amp_dtype, share_from_main=context.share_from_main)
 
     def calibration_due(self, step: int) -> bool:
         return self.calibrator.due(step)
 
-    def calibrate(self, train_step: Callable[[int], object], restore: Sequence[Stateful] = ()) -> dict:
-        return self.calibrator.calibrate(train_step, restore=restore)
+    def calibrate(self, train_step: Callable[[int], object], rewind: Rewind) -> dict:
+        return self.calibrator.calibrate(train_step, rewind)
 
 
 def qramping_hook(recipe: Recipe) -> QRampingHook | None:

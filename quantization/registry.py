@@ -9,11 +9,14 @@ its type. The core (linear.py, recipes.py) imports no baseline: a new op is one 
     @register_linear_op("mine", MineConfig)
     def mine_linear(x, weight, bias, config): ...
 
-A method that tracks something per weight (Freeze) registers a factory instead, so that its state is built with the
-layer and saved in the model's state dict, without linear.py importing the method::
+A method that tracks something per weight (Q-EMA, Freeze) registers a factory instead, so that its state is built
+with the layer and saved in the model's state dict, without linear.py importing the method::
 
     register_layer_state("mine_state", lambda recipe, weight: MineState(weight.shape)
                          if recipe.method_config("mine") is not None else None)
+
+A state module may also define ``rounding_target(weight)`` (what the weight quantizer's "ema" rounding compares
+against: Q-EMA's) and ``legacy_keys`` (old buffer names in the layer's state dict -> its own, for old checkpoints).
 
 A training-side method (Q-Ramping, Dampen, Freeze) registers its config class under its recipe key, so that recipes
 and YAML files carry its settings without recipes.py importing the method::
@@ -151,6 +154,11 @@ def register_layer_state(attribute: str, factory: LayerStateFactory) -> None:
     if attribute in _LAYER_STATES:
         raise ValueError(f"layer state {attribute!r} is already registered")
     _LAYER_STATES[attribute] = factory
+
+
+def layer_state_names() -> tuple[str, ...]:
+    """The attribute names of the registered per-layer states."""
+    return tuple(_LAYER_STATES)
 
 
 def layer_states(recipe: Any, weight: torch.Tensor) -> dict[str, "nn.Module | None"]:

@@ -29,7 +29,6 @@ import datetime
 import gc
 import json
 import math
-import os
 import statistics
 import sys
 import time
@@ -47,8 +46,8 @@ from models import PAPER_MODELS, build_model
 from quantization import (MethodHook, QRampingAdamW, TrainingContext, get_recipe, hooks_optimizer, method_hooks,
                           with_extra_losses)
 from quantization.ema import qema_layers
-from quantization.linear import QEMA_WARMUP_UPDATES
-from training import GraphedTrainStep, source_commit
+from quantization.ema import QEMA_WARMUP_UPDATES
+from training import GraphedTrainStep, rewound, source_commit
 
 MODELS = {name.split("_patch")[0]: name for name in PAPER_MODELS}  # deit_tiny -> deit_tiny_patch16_224, ...
 METHODS = ("bf16", "tetrajet", "tetrajet_qema", "tetrajet_qramping")
@@ -147,7 +146,7 @@ def steady_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     warm-up (Q-EMA rounding on) and, for QRampingAdamW, update periods as calibrations assign them
     (bench_qramping.realistic_periods)."""
     for layer in qema_layers(model):
-        layer.ema_updates.fill_(QEMA_WARMUP_UPDATES)
+        layer.qema_state.ema_updates.fill_(QEMA_WARMUP_UPDATES)
     if isinstance(optimizer, QRampingAdamW):
         optimizer.set_update_periods(realistic_periods(block_weights(model)))
 
@@ -241,7 +240,8 @@ def measure(model_name: str, method: str, args: argparse.Namespace, graphed: boo
                                    peak_over_warmup=graphed)
     calibrating = [hook for hook in hooks if hook.calibration_steps]
     with graph.eager() if graphed else contextlib.nullcontext():
-        calibration_s = sum(hook.calibrate(step)["seconds"] for hook in calibrating) if calibrating else None
+        calibration_s = sum(hook.calibrate(step, rewind=lambda: rewound([model, optimizer]))["seconds"]
+                            for hook in calibrating) if calibrating else None
     return dict(model=model_name, method=method, graph=graphed, step_ms=step_ms, peak_mib=peak_mib,
                 calibration_s=calibration_s)
 

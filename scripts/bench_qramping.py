@@ -28,6 +28,7 @@ from timm.optim import param_groups_weight_decay
 from torch import nn
 
 from quantization import QLinear, QRampingAdamW, QRampingCalibrator, get_recipe
+from training import rewound
 
 HYPER = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8)
 
@@ -147,7 +148,7 @@ def calibration_row(batch: int, steps_per_epoch: int, calib_steps: int) -> dict:
     config = get_recipe("tetrajet_qramping").method_config("qramping")
     calibrator = QRampingCalibrator(model, optimizer, steps_per_epoch, replace(config, calib_steps=calib_steps),
                                     amp_dtype=torch.bfloat16)
-    record = calibrator.calibrate(train_step)
+    record = calibrator.calibrate(train_step, rewind=lambda: rewound([model, optimizer]))
     epoch_s = steps_per_epoch * step_s
     return dict(batch=batch, train_step_s=step_s, calibration_s=record["seconds"],
                 calibration_overhead_s=record["seconds"] - calib_steps * step_s,

@@ -11,11 +11,13 @@ Usage: python scripts/bench_quant.py [--json out.json] [--sweep]
 from __future__ import annotations
 
 import argparse
+import datetime
 import functools
 import itertools
 import json
 
 import torch
+import triton
 import triton.testing
 
 from quantization import QLinear, get_format
@@ -244,7 +246,9 @@ def main() -> None:
     commit = args.commit or source_commit()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, commit {commit}")
     x = torch.randn(TOKENS, 384, device="cuda", dtype=torch.bfloat16)
-    result = {"device": torch.cuda.get_device_name(), "commit": commit, "kernels": quantizer_rows(x)}
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+              "commit": commit, "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "kernels": quantizer_rows(x)}
     print_quantizer_rows(result["kernels"], tuple(x.shape))
     result["linear"] = linear_rows()
     print(f"\nQLinear fwd+bwd, tokens {TOKENS}, bf16 autocast")

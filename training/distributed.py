@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -52,6 +53,14 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
         values = values.clone()
         dist.all_reduce(values)
     return values
+
+
+def broadcast_from_main(tensors: Sequence[torch.Tensor]) -> None:
+    """Overwrite each of ``tensors`` in place with rank 0's values (nothing when not distributed): for decisions
+    that every rank must share whatever its own numerics gave, such as Q-Ramping's update periods."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for tensor in tensors:
+            dist.broadcast(tensor, src=0)
 
 
 def gather_objects(obj: object) -> list:

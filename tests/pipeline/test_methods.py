@@ -25,15 +25,15 @@ def _run(tmp_path, method, *overrides, **kwargs):
 def test_qema_updates_after_every_optimizer_step(tmp_path):
     _run(tmp_path / "run", "tetrajet_qema", "train.epochs=2", "train.model_ema=true")
     state = training.load(tmp_path / "run" / "checkpoint_last.pth")
-    updates = [v for k, v in state["model"].items() if k.endswith("ema_updates")]
+    updates = [v for k, v in state["model"].items() if k.endswith("qema_state.ema_updates")]
     assert len(updates) == 8 and all(int(u) == 2 * STEPS_PER_EPOCH for u in updates)
-    ema = state["model"]["blocks.0.mlp.fc1.weight_ema"]
+    ema = state["model"]["blocks.0.mlp.fc1.qema_state.weight_ema"]
     weight = state["model"]["blocks.0.mlp.fc1.weight"]
     assert not torch.equal(ema, weight) and (ema - weight).abs().max() < 0.05
     # timm's model EMA copies the counter (so its copy switches Q-EMA on too) and averages weight_ema like a weight.
     ema_state = {k.removeprefix("module."): v for k, v in state["model_ema"].items()}
-    assert int(ema_state["blocks.0.mlp.fc1.ema_updates"]) == 2 * STEPS_PER_EPOCH
-    assert not torch.equal(ema_state["blocks.0.mlp.fc1.weight_ema"], ema)
+    assert int(ema_state["blocks.0.mlp.fc1.qema_state.ema_updates"]) == 2 * STEPS_PER_EPOCH
+    assert not torch.equal(ema_state["blocks.0.mlp.fc1.qema_state.weight_ema"], ema)
 
 
 def test_qramping_calibrates_each_epoch_and_sets_periods(tmp_path):
@@ -56,10 +56,10 @@ def _record_inputs(monkeypatch, calibrate: bool) -> dict:
                                         else None)
         return model
 
-    def calibrating(self, train_step, restore=()):
+    def calibrating(self, train_step, rewind):
         phase[0] = "calibration"
         try:
-            return calibrate_fn(self, train_step, restore)
+            return calibrate_fn(self, train_step, rewind)
         finally:
             phase[0] = "train"
 

@@ -84,10 +84,10 @@ def test_packed_file_round_trips_every_code_scale_and_special_block(tmp_path, dt
 def test_exported_weight_is_q2_bit_for_bit_and_the_forward_is_unchanged(tmp_path, recipe, dtype):
     torch.manual_seed(0)
     model = nn.Sequential(QLinear(96, 64, recipe=recipe), nn.GELU(), QLinear(64, 40, recipe=recipe)).eval()
-    if model[0].uses_qema:  # an EMA that has passed its warm-up and differs from W: Q-EMA rounding acts
+    if model[0].recipe.uses_qema:  # an EMA that has passed its warm-up and differs from W: Q-EMA rounding acts
         for layer in (model[0], model[2]):
-            layer.weight_ema.add_(0.02 * torch.randn_like(layer.weight_ema))
-            layer.ema_updates.fill_(10)
+            layer.qema_state.weight_ema.add_(0.02 * torch.randn_like(layer.qema_state.weight_ema))
+            layer.qema_state.ema_updates.fill_(10)
         nearest = QLinear.from_linear(model[0], "tetrajet").quantized_weight(dtype)
         assert not torch.equal(model[0].quantized_weight(dtype), nearest)
     path = save_mxfp4(tmp_path / "w.safetensors", model, autocast_dtype=dtype)
@@ -122,7 +122,7 @@ def test_evaluation_from_the_packed_file_is_the_runs(tmp_path, capsys):
     run_dir = _train(tmp_path, "qema", "data.batch_size=16", "train.amp=bf16", "train.model_ema=true",
                      "train.model_ema_decay=0.9", method="tetrajet_qema")
     checkpoint = training.load(run_dir / "checkpoint_last.pth")
-    assert int(checkpoint["model"]["blocks.0.attn.qkv.ema_updates"]) == 16
+    assert int(checkpoint["model"]["blocks.0.attn.qkv.qema_state.ema_updates"]) == 16
     logged = training.read_log(run_dir)[-1]
     config = export_mxfp4.read_run_config(run_dir, None)
     for weights, key in (("model", "test_acc1"), ("ema", "ema_acc1")):

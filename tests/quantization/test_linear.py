@@ -150,14 +150,14 @@ def test_qema_buffer_warmup_and_rounding():
         assert_bitwise_equal(layer(x_eval).reshape(-1, 80).detach(),
                              F.linear(quantize(x_eval.reshape(-1, 96)), quantize(layer.weight.detach()),
                                       layer.bias.detach()))
-        layer.update_weight_ema(0.9)
-    assert int(layer.ema_updates) == 10
+        layer.qema_state.update(layer.weight, 0.9)
+    assert int(layer.qema_state.ema_updates) == 10
     ema = w0.clone()
     w = layer.weight.detach()
     for _ in range(10):
         ema = ema.lerp(w, 0.1)
-    assert torch.allclose(layer.weight_ema, ema)
-    with_ema = F.linear(quantize(x_eval.reshape(-1, 96)), quantize(w, rounding="ema", ema=layer.weight_ema),
+    assert torch.allclose(layer.qema_state.weight_ema, ema)
+    with_ema = F.linear(quantize(x_eval.reshape(-1, 96)), quantize(w, rounding="ema", ema=layer.qema_state.weight_ema),
                         layer.bias.detach())
     assert_bitwise_equal(layer(x_eval).reshape(-1, 80).detach(), with_ema)
     assert not torch.equal(with_ema, plain)

@@ -1,6 +1,7 @@
 """Method hooks (quantization.hooks): each recipe gets its methods' hooks, each hook attaches what the method's own
 function does, and the training loop (engine.py) and main.py use them without naming a method."""
 import ast
+import contextlib
 import dataclasses
 
 import pytest
@@ -16,7 +17,7 @@ from quantization.ema import QEmaHook
 from quantization.freeze import FreezeHook
 from quantization.ramping import QRampingHook
 from tests.helpers import REPO, RecordLog, tiny_mlp, train_mlp
-from training import DistContext
+from training import DistContext, rewound
 
 STEPS_PER_EPOCH, TOTAL_STEPS = 5, 20
 
@@ -60,7 +61,7 @@ def test_qema_hook_attaches_the_ema_update():
     attach_qema(reference, ref_opt)
     train_mlp(model, optimizer, 3)
     train_mlp(reference, ref_opt, 3)
-    assert int(model[0].ema_updates) == 3
+    assert int(model[0].qema_state.ema_updates) == 3
     _assert_same_model(model, reference)
 
 
@@ -101,7 +102,7 @@ def test_qramping_hook_calibrates_as_the_calibrator_does():
     for m, opt, calibrate in ((model, optimizer, hook.calibrate), (reference, ref_opt, calibrator.calibrate)):
         train_mlp(m, opt, 2)
         g = torch.Generator().manual_seed(5)
-        records.append(calibrate(lambda i: _train_step(m, opt, g)))
+        records.append(calibrate(lambda i: _train_step(m, opt, g), lambda: rewound([m, opt])))
         train_mlp(m, opt, 2)
     assert records[0]["type"] == "qramping" and records[0].keys() == records[1].keys()
     assert records[0]["mean_period"] == records[1]["mean_period"]
@@ -132,9 +133,10 @@ class _Toy(MethodHook):
     def calibration_due(self, step):
         return step == 1
 
-    def calibrate(self, train_step, restore=()):
-        self.calibrated.append((step_losses := [train_step(i) for i in range(self.calibration_steps)], restore))
-        return {"type": "toy", "losses": len(step_losses)}
+    def calibrate(self, train_step, rewind):
+        with rewind():
+            self.calibrated.append([train_step(i) for i in range(self.calibration_steps)])
+        return {"type": "toy", "losses": len(self.calibrated[-1])}
 
 
 def _epoch(hooks_, calib_batches, logger):
@@ -161,10 +163,12 @@ def test_the_training_loop_runs_any_method_through_its_hooks(monkeypatch):
         asked.append((step, count))
         return iter([(torch.randn(6, 4), torch.randint(0, 3, (6,)))] * count)
 
-    _epoch(found, calib_batches, logger)
+    stats = _epoch(found, calib_batches, logger)
     assert asked == [(1, 2)] and logger.records == [{"type": "toy", "losses": 2, "step": 1, "epoch": 0}]
     assert toy.loss_steps == [0, 1, 1, 1, 2, 3]  # the calibration's two steps train at step 1
-    assert len(toy.calibrated) == 1 and len(toy.calibrated[0][1]) == 1  # the grad scaler is handed to restore
+    assert len(toy.calibrated) == 1
+    # the loop's rewind took the calibration's two SGD steps back: the epoch is the one without them (its loss + 0.5)
+    assert stats["train_loss"] == pytest.approx(_epoch([], None, RecordLog())["train_loss"] + 0.5, rel=1e-6)
     with pytest.raises(ValueError, match="Toy calibrates: it needs calib_batches"):
         _epoch([_Toy()], None, RecordLog())
 
@@ -185,7 +189,7 @@ def test_hook_defaults_and_errors():
     hook = MethodHook()
     assert hook.extra_loss(3) is None and not hook.calibration_due(0) and hook.calibration_steps == 0
     with pytest.raises(NotImplementedError, match="method does not calibrate"):
-        hook.calibrate(lambda i: None)
+        hook.calibrate(lambda i: None, contextlib.nullcontext)
 
     class Other(MethodHook):
         name, optimizer = "Other", torch.optim.SGD

@@ -5,9 +5,8 @@ import pytest
 import torch
 from timm.utils import ModelEmaV3
 
-from quantization import get_recipe, quantize
-from quantization.ema import attach_qema, qema_layers, update_qema
-from quantization.linear import QEMA_WARMUP_UPDATES
+from quantization import QLinear, get_recipe, quantize, registry
+from quantization.ema import QEMA_WARMUP_UPDATES, QEmaState, attach_qema, qema_layers, update_qema
 from tests.helpers import tiny_mlp, train_mlp
 
 BACKENDS = ["torch", "triton"]
@@ -59,30 +58,30 @@ def test_hook_updates_the_ema_buffer_after_every_step_and_warms_up():
     expected = [m.weight.detach().clone() for m in layers]
     for step in range(QEMA_WARMUP_UPDATES + 2):
         active = step >= QEMA_WARMUP_UPDATES
-        assert all(m.qema_active() == active for m in layers)
+        assert all(m.qema_state.active() == active for m in layers)
         plain = layers[0].weight.detach()
-        want = quantize(plain, rounding="ema", ema=layers[0].weight_ema) if active else quantize(plain)
+        want = quantize(plain, rounding="ema", ema=layers[0].qema_state.weight_ema) if active else quantize(plain)
         assert torch.equal(layers[0].quantized_weight(), want)
         train_mlp(model, optimizer, 1, seed=step)
         expected = [e.lerp(m.weight.detach(), 1 - 0.998) for e, m in zip(expected, layers)]
         for m, e in zip(layers, expected):
-            assert int(m.ema_updates) == step + 1
-            assert torch.equal(m.weight_ema, e)
+            assert int(m.qema_state.ema_updates) == step + 1
+            assert torch.equal(m.qema_state.weight_ema, e)
     assert not torch.equal(layers[0].quantized_weight(), quantize(layers[0].weight.detach()))  # EMA matters here
     handle.remove()
     train_mlp(model, optimizer, 1)
-    assert int(layers[0].ema_updates) == QEMA_WARMUP_UPDATES + 2
+    assert int(layers[0].qema_state.ema_updates) == QEMA_WARMUP_UPDATES + 2
 
 
 @pytest.mark.parametrize("recipe_beta,argument,used", [(0.9, None, 0.9), (0.9, 0.5, 0.5)])
 def test_beta_from_the_recipe_or_the_argument(recipe_beta, argument, used):
     model = tiny_mlp(get_recipe("tetrajet_qema").replace(qema_beta=recipe_beta))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    before = [m.weight_ema.clone() for m in qema_layers(model)]
+    before = [m.qema_state.weight_ema.clone() for m in qema_layers(model)]
     attach_qema(model, optimizer, beta=argument)
     train_mlp(model, optimizer, 1)
     for m, e in zip(qema_layers(model), before):
-        assert torch.equal(m.weight_ema, e.lerp(m.weight.detach(), 1 - used))
+        assert torch.equal(m.qema_state.weight_ema, e.lerp(m.weight.detach(), 1 - used))
 
 
 def test_batched_update_equals_per_layer_update():
@@ -93,7 +92,7 @@ def test_batched_update_equals_per_layer_update():
     twin = copy.deepcopy(model)
     update_qema(qema_layers(model), 0.7)
     for m in qema_layers(twin):
-        m.update_weight_ema(0.7)
+        m.qema_state.update(m.weight, 0.7)
     for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -106,7 +105,7 @@ def test_skipped_step_does_not_update():
     scaler.scale(model(torch.randn(4, 64)).sum()).backward()
     model[0].weight.grad[0, 0] = float("inf")
     scaler.step(optimizer)  # non-finite gradient: GradScaler skips optimizer.step, and the hook with it
-    assert int(model[0].ema_updates) == 0
+    assert int(model[0].qema_state.ema_updates) == 0
 
 
 @pytest.mark.slow
@@ -123,11 +122,12 @@ def test_model_ema_neither_corrupts_nor_is_corrupted():
     for a, b in zip(model.state_dict().values(), reference.state_dict().values()):
         assert torch.equal(a, b)  # the model EMA changed nothing in the training model
     ema_layer = model_ema.module[0]
-    assert int(ema_layer.ema_updates) == QEMA_WARMUP_UPDATES + 1  # copied count: its own Q-EMA switches on too
-    assert ema_layer.qema_active()
+    # the copied count: its own Q-EMA switches on too
+    assert int(ema_layer.qema_state.ema_updates) == QEMA_WARMUP_UPDATES + 1
+    assert ema_layer.qema_state.active()
     assert torch.equal(ema_layer.quantized_weight(),
-                       quantize(ema_layer.weight.detach(), rounding="ema", ema=ema_layer.weight_ema))
-    assert not torch.equal(ema_layer.weight_ema, model[0].weight_ema)  # its own average, not the model's
+                       quantize(ema_layer.weight.detach(), rounding="ema", ema=ema_layer.qema_state.weight_ema))
+    assert not torch.equal(ema_layer.qema_state.weight_ema, model[0].qema_state.weight_ema)  # its own average
 
 
 @pytest.mark.slow
@@ -144,11 +144,11 @@ def test_resume_from_state_dicts_with_the_hook_attached_again():
     resumed.load_state_dict(saved_model)
     resumed_opt.load_state_dict(saved_opt)
     attach_qema(resumed, resumed_opt)
-    assert not resumed[0].qema_active()
+    assert not resumed[0].qema_state.active()
     train_mlp(resumed, resumed_opt, 8, seed=4)
     for (key, a), b in zip(model.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), key
-    assert resumed[0].qema_active()
+    assert resumed[0].qema_state.active()
 
 
 def test_errors():
@@ -159,6 +159,45 @@ def test_errors():
         attach_qema(model, torch.optim.SGD(model.parameters(), lr=0.1), beta=1.5)
     with pytest.raises(ValueError, match="qema_beta must be in"):
         get_recipe("tetrajet_qema").replace(qema_beta=1.0)
+
+
+def test_state_is_a_layer_state_built_from_the_copied_weight():
+    linear = torch.nn.Linear(64, 48)
+    layer = QLinear.from_linear(linear, "tetrajet_qema")
+    assert isinstance(layer.qema_state, QEmaState)
+    assert torch.equal(layer.qema_state.weight_ema, linear.weight.detach())  # the EMA starts at W0, not at init
+    assert {"qema_state.weight_ema", "qema_state.ema_updates"} <= set(layer.state_dict())
+    assert QLinear(64, 48, recipe="tetrajet").qema_state is None
+
+
+def test_checkpoints_with_the_older_buffer_names_load():
+    model = tiny_mlp()
+    with torch.no_grad():
+        for m in qema_layers(model):
+            m.qema_state.update(m.weight + 0.1, 0.5)
+    old = {k.replace("qema_state.", ""): v for k, v in model.state_dict().items()}
+    assert "0.weight_ema" in old
+    loaded = tiny_mlp(seed=5)
+    loaded.load_state_dict(old)
+    for (key, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), key
+
+
+class _OtherTarget(torch.nn.Module):
+    def rounding_target(self, weight):
+        return weight
+
+
+def test_ema_rounding_needs_exactly_one_rounding_target(monkeypatch):
+    monkeypatch.delitem(registry._LAYER_STATES, "qema_state")
+    with pytest.raises(ValueError, match="one layer state with a rounding_target expected.*got none"):
+        QLinear(64, 48, recipe="tetrajet_qema")
+    monkeypatch.undo()
+    monkeypatch.setitem(registry._LAYER_STATES, "other_state", lambda recipe, weight: _OtherTarget())
+    with pytest.raises(ValueError, match=r"got \['qema_state', 'other_state'\]"):
+        QLinear(64, 48, recipe="tetrajet_qema")
+    with pytest.raises(ValueError, match="no layer state with a rounding_target expected"):
+        QLinear(64, 48, recipe="tetrajet")
 
 
 TABLE8_BETA = {"deit_tiny": 0.9983, "deit_small": 0.9972, "deit_base": 0.999, "swin_tiny": 0.9975, "swin_small": 0.998}

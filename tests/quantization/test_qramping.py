@@ -11,6 +11,7 @@ from torch import nn
 from quantization import QLinear, get_recipe
 from quantization import ramping
 from quantization.ramping import QRampingAdamW, QRampingCalibrator, QRampingConfig, update_periods_from_ratio
+from training.rewind import rewound
 
 HYPER = dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
 SHAPES = [(40, 70), (33,), (5, 3, 4)]
@@ -226,7 +227,8 @@ def test_calibration_restores_everything_and_sets_periods():
     assert calibrator.interval == 50 and calibrator.due(100) and not calibrator.due(101)
     before = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()), scaler.state_dict(),
               _rng_states())
-    record = calibrator.calibrate(lambda i: _train_step(model, optimizer, scaler, 100 + i), restore=[scaler])
+    record = calibrator.calibrate(lambda i: _train_step(model, optimizer, scaler, 100 + i),
+                                  rewind=lambda: rewound([model, optimizer, scaler]))
     for key, value in before[0].items():
         assert torch.equal(model.state_dict()[key], value), key
     after = optimizer.state_dict()
@@ -265,13 +267,27 @@ def test_calibration_measures_through_the_forward_quantizer_on_a_constructed_tra
             layer.weight.copy_(trajectory[i + 1])
 
     config = QRampingConfig(k1=16, k2=5, calib_steps=30)
-    QRampingCalibrator(model, optimizer, steps_per_epoch=100, config=config).calibrate(constructed_step)
+
+    def rewind():
+        return rewound([model, optimizer])
+
+    QRampingCalibrator(model, optimizer, steps_per_epoch=100, config=config).calibrate(constructed_step, rewind)
     periods = optimizer.update_periods()[layer.weight]
     assert periods[0, :6].tolist() == [1, 11, 11, 1, 1, 1] and periods[0, 6:].eq(1).all()
     QRampingCalibrator(model, optimizer, steps_per_epoch=8, config=QRampingConfig(k1=1, k2=3)).calibrate(
-        constructed_step)
+        constructed_step, rewind)
     assert optimizer.update_periods()[layer.weight][0, :6].tolist() == [1, 8, 8, 1, 4, 4]  # 97 capped at 8
     assert torch.equal(layer.weight, trajectory[0])  # restored
+
+    def main_process_says_two(periods):  # what share_from_main does under DDP: rank 0's values, in place
+        shared.append(len(periods))
+        for period in periods:
+            period.fill_(2)
+
+    shared = []
+    QRampingCalibrator(model, optimizer, steps_per_epoch=8, config=QRampingConfig(k1=1, k2=3),
+                       share_from_main=main_process_says_two).calibrate(constructed_step, rewind)
+    assert shared == [1] and optimizer.update_periods()[layer.weight].eq(2).all()
 
 
 def test_calibrator_errors():

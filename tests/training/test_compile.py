@@ -7,7 +7,7 @@ import torch
 from models import build_model
 from quantization import get_recipe
 from quantization.ema import qema_layers
-from quantization.linear import QEMA_WARMUP_UPDATES
+from quantization.ema import QEMA_WARMUP_UPDATES
 
 SMALL_DEIT = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, depth=2, embed_dim=64, num_heads=2,
                   drop_path_rate=0.1)
@@ -19,8 +19,8 @@ def _model(name: str) -> torch.nn.Module:
     model = build_model("deit_tiny_patch16_224", get_recipe(name), **SMALL_DEIT)
     with torch.no_grad():
         for layer in qema_layers(model):  # past the warm-up, with an EMA that differs from the weight
-            layer.ema_updates.fill_(QEMA_WARMUP_UPDATES)
-            layer.weight_ema.mul_(0.9)
+            layer.qema_state.ema_updates.fill_(QEMA_WARMUP_UPDATES)
+            layer.qema_state.weight_ema.mul_(0.9)
     return model
 
 
