@@ -33,16 +33,18 @@ def _backward_seeds(recipe: Recipe, need_dx: bool, need_dw: bool,
     return {role: seeds[i] for i, role in enumerate(roles)}
 
 
-def _quantize_grad_output(dy: torch.Tensor, recipe: Recipe, need_dx: bool, need_dw: bool,
-                          seeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """Q3(dY) (1x32) and Q5(dY) (32x1), None where not needed; one read of dY when both use the same quantizer."""
+def _quantize_grad_output(dy: torch.Tensor, recipe: Recipe, need_dx: bool, need_dw: bool, need_db: bool,
+                          seeds: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, ...]:
+    """Q3(dY) (1x32), Q5(dY) (32x1) and the bias gradient (dY's column sums), None where not needed. When Q3 and
+    Q5 are the same quantizer, one read of dY gives all three."""
     q3, q5 = recipe.q3, recipe.q5
     if need_dx and need_dw and q3 is not None and q3 == q5 and q3.rounding != "ema":
-        return quantize_both_layouts_2d(dy, q3.fmt, q3.scale_rule, q3.rounding,
-                                        seeds=(seeds.get("q3"), seeds.get("q5")))
+        out = quantize_both_layouts_2d(dy, q3.fmt, q3.scale_rule, q3.rounding,
+                                       seeds=(seeds.get("q3"), seeds.get("q5")), want_column_sums=need_db)
+        return (out[0], out[1], out[2].to(dy.dtype)) if need_db else (*out, None)
     g3 = _quantize(dy, q3, "q3", seed=seeds.get("q3"))[0] if need_dx else None
     g5 = _quantize(dy, q5, "q5", seed=seeds.get("q5"))[0] if need_dw else None
-    return g3, g5
+    return g3, g5, dy.sum(0) if need_db else None
 
 
 def _backward_operand(saved: torch.Tensor, scales: torch.Tensor | None, packed_config: QuantizerConfig | None,
@@ -98,8 +100,9 @@ class MXLinearFunction(torch.autograd.Function):
         rows, in_features = dy.shape[0], ctx.x_shape[-1]
         need_dx, need_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         seeds = _backward_seeds(recipe, need_dx, need_dw, dy.device)
-        g3, g5 = _quantize_grad_output(dy, recipe, need_dx, need_dw, seeds)
-        grad_x = grad_w = grad_b = None
+        need_db = ctx.has_bias and ctx.needs_input_grad[2]
+        g3, g5, grad_b = _quantize_grad_output(dy, recipe, need_dx, need_dw, need_db, seeds)
+        grad_x = grad_w = None
         if need_dx:
             w4 = _backward_operand(w_saved, w_scales, recipe.q2, recipe.q4, "q4", (out_features, in_features),
                                    ctx.w_dtype, seeds.get("q4"))
@@ -108,8 +111,6 @@ class MXLinearFunction(torch.autograd.Function):
             x6 = _backward_operand(x_saved, x_scales, recipe.q1, recipe.q6, "q6", (rows, in_features), ctx.x_dtype,
                                    seeds.get("q6"))
             grad_w = g5.t() @ x6.to(g5.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = dy.sum(0)
         return grad_x, grad_w, grad_b, None, None
 
 

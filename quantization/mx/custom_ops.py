@@ -65,15 +65,22 @@ def _(x, layout, fmt, scale_rule, rounding, ema, seed, want_values, want_packed,
 
 @torch.library.custom_op("tetrajet::quantize_both_layouts_2d", mutates_args=())
 def quantize_both_layouts_2d(x: Tensor, fmt: str, scale_rule: str, rounding: str, seed_rows: Optional[Tensor],
-                             seed_cols: Optional[Tensor], backend: str) -> tuple[Tensor, Tensor]:
-    """Values of a contiguous 2-D tensor quantized in 1x32 and in 32x1 blocks (one read with the kernels)."""
-    return _implementation(backend, x).quantize_both_layouts_2d(x, get_format(fmt), scale_rule, rounding,
-                                                                seeds=(seed_rows, seed_cols))
+                             seed_cols: Optional[Tensor], want_band_sums: bool,
+                             backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Values of a contiguous 2-D tensor quantized in 1x32 and in 32x1 blocks (one read with the kernels), and its
+    fp32 band sums (empty if not wanted)."""
+    out = _implementation(backend, x).quantize_both_layouts_2d(x, get_format(fmt), scale_rule, rounding,
+                                                               seeds=(seed_rows, seed_cols),
+                                                               want_band_sums=want_band_sums)
+    return out if want_band_sums else (*out, _unused(x, torch.float32))
 
 
 @quantize_both_layouts_2d.register_fake
-def _(x, fmt, scale_rule, rounding, seed_rows, seed_cols, backend):
-    return torch.empty_like(x), torch.empty_like(x)
+def _(x, fmt, scale_rule, rounding, seed_rows, seed_cols, want_band_sums, backend):
+    rows, cols = x.shape
+    sums = x.new_empty((-(-rows // BLOCK_SIZE), cols), dtype=torch.float32) if want_band_sums \
+        else _unused(x, torch.float32)
+    return torch.empty_like(x), torch.empty_like(x), sums
 
 
 @torch.library.custom_op("tetrajet::requantize_2d", mutates_args=())

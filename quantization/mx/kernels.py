@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 
 from .formats import BLOCK_SIZE, LAYOUTS, ElementFormat, Rounding
-from .reference import overflow_exponent
+from .reference import band_sums, overflow_exponent
 
 # The rounding modes as the kernels compare their ROUNDING argument with them (a @triton.jit function reads a global
 # only if it is a tl.constexpr instance).
@@ -146,8 +146,7 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1, EXP_BITS: tl.const
     k = low + up.to(tl.float32)
     saturating = s == OVERFLOW_EXP  # per block: from 2^emax up the grid would overflow the output dtype
     magnitude = tl.minimum(k * step, tl.where(saturating, SAT_VALUE, MAX_VALUE))
-    deq = magnitude * sign * _pow2(s)
-    deq = tl.where(finite, deq, float("nan"))
+    deq = magnitude * sign * tl.where(finite, _pow2(s), float("nan"))  # a NaN block: NaN times any magnitude
     code = tl.minimum((binade - EMIN) * (1 << MAN_BITS) + k.to(tl.int32), tl.where(saturating, SAT_CODE, MAX_CODE))
     code = tl.where(negative, code | SIGN_BIT, code)
     code = tl.where(finite, code, 0)
@@ -172,18 +171,31 @@ def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, 
 
 @triton.jit
 def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, cols, pstride, seed_ptr,
-                          GROUPS: tl.constexpr, WRITE_Y: tl.constexpr, WRITE_PACKED: tl.constexpr,
-                          IS_BF16: tl.constexpr, WIDE: tl.constexpr, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr,
-                          RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
-    """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short)."""
+                          GROUPS: tl.constexpr, WHOLE_BLOCKS: tl.constexpr, WRITE_Y: tl.constexpr,
+                          WRITE_PACKED: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
+                          EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, RCEIL: tl.constexpr,
+                          ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
+    """Each program handles GROUPS blocks of 32 consecutive elements of a row (the last block of a row may be short).
+    WHOLE_BLOCKS (cols a multiple of 32): block g is simply elements 32g..32g+31, with no row/column arithmetic."""
     blocks_per_row = tl.cdiv(cols, 32)
     group = _program_start(0, GROUPS, WIDE) + tl.arange(0, GROUPS)
-    row = group // blocks_per_row
-    col0 = (group % blocks_per_row) * 32
     lane = tl.arange(0, 32)
-    col = col0[:, None] + lane[None, :]
-    mask = (row[:, None] < rows) & (col < cols)
-    offs = row[:, None] * cols + col
+    byte_lane = tl.arange(0, 16)
+    if WHOLE_BLOCKS:
+        group_in = group < rows * blocks_per_row
+        mask = group_in[:, None] & (lane[None, :] < 32)
+        offs = group[:, None] * 32 + lane[None, :]
+        poffs = group[:, None] * 16 + byte_lane[None, :]
+        pmask = group_in[:, None] & (byte_lane[None, :] < 16)
+    else:
+        row = group // blocks_per_row
+        group_in = row < rows
+        col = ((group % blocks_per_row) * 32)[:, None] + lane[None, :]
+        mask = group_in[:, None] & (col < cols)
+        offs = row[:, None] * cols + col
+        pcol = ((group % blocks_per_row) * 16)[:, None] + byte_lane[None, :]
+        poffs = row[:, None] * pstride + pcol
+        pmask = group_in[:, None] & (pcol < pstride)
     x = _load_f32(x_ptr + offs, mask, IS_BF16)
     ax = tl.abs(x)
     finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
@@ -194,10 +206,8 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     if WRITE_PACKED:
         low_code, high_code = tl.split(tl.reshape(code, (GROUPS, 16, 2)))
         byte = (low_code | (high_code << 4)).to(tl.uint8)
-        pcol = ((group % blocks_per_row) * 16)[:, None] + tl.arange(0, 16)[None, :]
-        pmask = (row[:, None] < rows) & (pcol < pstride)
-        tl.store(packed_ptr + row[:, None] * pstride + pcol, byte, mask=pmask)
-        tl.store(scales_ptr + group, tl.max(scale, axis=1).to(tl.uint8), mask=row < rows)
+        tl.store(packed_ptr + poffs, byte, mask=pmask)
+        tl.store(scales_ptr + group, tl.max(scale, axis=1).to(tl.uint8), mask=group_in)
 
 
 @triton.jit
@@ -335,13 +345,16 @@ def _quantize_pairs(low, high, amax_low, amax_high, index, seed0, seed1, EXP_BIT
 
 
 @triton.jit
-def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols, seed_rows_ptr, seed_cols_ptr,
-                                  BLOCK_C: tl.constexpr, IS_BF16: tl.constexpr, WIDE: tl.constexpr,
-                                  EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr, RCEIL: tl.constexpr,
-                                  ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
+def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, sums_ptr, rows, half_cols, seed_rows_ptr,
+                                  seed_cols_ptr, BLOCK_C: tl.constexpr, WRITE_SUMS: tl.constexpr,
+                                  IS_BF16: tl.constexpr, WIDE: tl.constexpr, EXP_BITS: tl.constexpr,
+                                  MAN_BITS: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr,
+                                  OVERFLOW_EXP: tl.constexpr):
     """One read, two quantizations: a band of 32 rows x BLOCK_C columns (2 * half_cols columns in all) quantized in
     1x32 blocks (to y_rows, seed words at seed_rows_ptr) and in 32x1 blocks (to y_cols, at seed_cols_ptr), as a
-    (rows, blocks, 16 pairs) tile of element pairs. The backward pass's dY feeds Q3 and Q5 this way."""
+    (rows, blocks, 16 pairs) tile of element pairs. The backward pass's dY feeds Q3 and Q5 this way. WRITE_SUMS:
+    also the band's fp32 column sums, row ``band`` of sums_ptr (the bias gradient's partial sums, from the same
+    read)."""
     row = _program_start(0, 32, WIDE) + tl.arange(0, 32)
     pair = tl.program_id(1) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 32)[:, None] * 16 + tl.arange(0, 16)[None, :]
     row3 = row[:, None, None]
@@ -362,6 +375,9 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, rows, half_cols
     low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, index, seed2, seed3, EXP_BITS, MAN_BITS, RCEIL,
                                     ROUNDING, OVERFLOW_EXP)
     _store_pairs(y_cols_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
+    if WRITE_SUMS:
+        band_offs = _program_start(0, 1, WIDE) * half_cols + pair
+        _store_pairs(sums_ptr, band_offs, tl.sum(low, axis=0), tl.sum(high, axis=0), pair < half_cols, False)
 
 
 @triton.jit
@@ -448,7 +464,8 @@ def quantize_2d(x2d: torch.Tensor, layout: str, fmt: ElementFormat, scale_rule: 
         if layout == "1x32":
             cfg = launch or LAUNCH_1X32
             grid = (triton.cdiv(rows * triton.cdiv(cols, BLOCK_SIZE), cfg["groups"]),)
-            _quantize_1x32_kernel[grid](GROUPS=cfg["groups"], num_warps=cfg["num_warps"], **args)
+            _quantize_1x32_kernel[grid](GROUPS=cfg["groups"], WHOLE_BLOCKS=cols % BLOCK_SIZE == 0,
+                                        num_warps=cfg["num_warps"], **args)
         else:
             cfg = launch or LAUNCH_32X1
             grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
@@ -463,24 +480,29 @@ def _pairs_aligned(t: torch.Tensor, cols: int) -> bool:
 
 def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: ElementFormat, scale_rule: str, rounding: str, *,
                              seeds: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
-                             launch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                             want_band_sums: bool = False, launch: dict | None = None) -> tuple[torch.Tensor, ...]:
     """Values of x2d quantized in 1x32 blocks (seed words ``seeds[0]``) and in 32x1 blocks (``seeds[1]``), from one
-    read (an odd column count or a misaligned tensor takes two passes instead). Not for "ema" rounding."""
+    read (an odd column count or a misaligned tensor takes two passes instead), and with ``want_band_sums`` a third
+    result: reference.band_sums of x2d, summed in the kernel's order. Not for "ema" rounding."""
     rows, cols = x2d.shape
     if not _pairs_aligned(x2d, cols):
-        return tuple(quantize_2d(x2d, layout, fmt, scale_rule, rounding, seed=seed)[0]
-                     for layout, seed in zip(LAYOUTS, seeds))
+        values = tuple(quantize_2d(x2d, layout, fmt, scale_rule, rounding, seed=seed)[0]
+                       for layout, seed in zip(LAYOUTS, seeds))
+        return (*values, band_sums(x2d)) if want_band_sums else values
     y_rows, y_cols = torch.empty_like(x2d), torch.empty_like(x2d)
+    sums = torch.empty((triton.cdiv(rows, BLOCK_SIZE), cols), dtype=torch.float32, device=x2d.device) \
+        if want_band_sums else x2d
     if rows * cols > 0:
         cfg = launch or LAUNCH_BOTH_LAYOUTS
         grid = (triton.cdiv(rows, BLOCK_SIZE), triton.cdiv(cols, cfg["block_c"]))
         seed_rows, seed_cols = (x2d if seed is None else seed for seed in seeds)
-        _quantize_both_layouts_kernel[grid](x_ptr=x2d, y_rows_ptr=y_rows, y_cols_ptr=y_cols, rows=rows,
-                                            half_cols=cols // 2, seed_rows_ptr=seed_rows, seed_cols_ptr=seed_cols,
-                                            BLOCK_C=cfg["block_c"], num_warps=cfg["num_warps"],
+        _quantize_both_layouts_kernel[grid](x_ptr=x2d, y_rows_ptr=y_rows, y_cols_ptr=y_cols, sums_ptr=sums,
+                                            rows=rows, half_cols=cols // 2, seed_rows_ptr=seed_rows,
+                                            seed_cols_ptr=seed_cols, BLOCK_C=cfg["block_c"],
+                                            WRITE_SUMS=want_band_sums, num_warps=cfg["num_warps"],
                                             **_tensor_constexprs(x2d.dtype, rows, cols),
                                             **_quantizer_constexprs(fmt, scale_rule, rounding, x2d.dtype))
-    return y_rows, y_cols
+    return (y_rows, y_cols, sums) if want_band_sums else (y_rows, y_cols)
 
 
 def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: ElementFormat, cols: int,

@@ -87,15 +87,20 @@ def quantize_2d(x2d: torch.Tensor, layout: str, fmt: str, scale_rule: str, round
 
 
 def quantize_both_layouts_2d(x2d: torch.Tensor, fmt: str, scale_rule: str, rounding: str, *,
-                             seeds: tuple[Seed | None, Seed | None] = (None, None),
-                             backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                             seeds: tuple[Seed | None, Seed | None] = (None, None), want_column_sums: bool = False,
+                             backend: str = "auto") -> tuple[torch.Tensor, ...]:
     """Values of a contiguous 2-D tensor quantized in 1x32 blocks and in 32x1 blocks (one read on the GPU): the
-    backward pass's Q3 and Q5 of dY. Seeds default to two draws, in that order; "ema" rounding is not supported."""
+    backward pass's Q3 and Q5 of dY. Seeds default to two draws, in that order; "ema" rounding is not supported.
+    ``want_column_sums``: also x2d's fp32 column sums (the bias gradient) from the same read, as a third result;
+    they are sums over bands of 32 rows (``reference.band_sums``), then over the bands, so their last bits may
+    differ from ``x2d.float().sum(0)``."""
     if rounding == "ema":
         raise ValueError("quantize_both_layouts_2d does not take rounding='ema' (it needs a per-call EMA tensor)")
     check_backend(backend)
     rows_seed, cols_seed = (seed_words(seed, rounding, x2d.device) for seed in seeds)
-    return custom_ops.quantize_both_layouts_2d(x2d, fmt, scale_rule, rounding, rows_seed, cols_seed, backend)
+    y_rows, y_cols, sums = custom_ops.quantize_both_layouts_2d(x2d, fmt, scale_rule, rounding, rows_seed, cols_seed,
+                                                               want_column_sums, backend)
+    return (y_rows, y_cols, sums.sum(0)) if want_column_sums else (y_rows, y_cols)
 
 
 def requantize_2d(mx: MXTensor, fmt: str, scale_rule: str, rounding: str, *, seed: Seed | None = None,

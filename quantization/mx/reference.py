@@ -310,11 +310,23 @@ def quantize_2d(x2d: torch.Tensor, layout: str, fmt: ElementFormat, scale_rule: 
 
 def quantize_both_layouts_2d(
     x2d: torch.Tensor, fmt: ElementFormat, scale_rule: str, rounding: str, *,
-    seeds: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values of x2d quantized in 1x32 blocks (seed words ``seeds[0]``) and in 32x1 blocks (``seeds[1]``)."""
-    return tuple(quantize_2d(x2d, layout, fmt, scale_rule, rounding, seed=seed)[0]
-                 for layout, seed in zip(LAYOUTS, seeds))
+    seeds: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None), want_band_sums: bool = False,
+) -> tuple[torch.Tensor, ...]:
+    """Values of x2d quantized in 1x32 blocks (seed words ``seeds[0]``) and in 32x1 blocks (``seeds[1]``), plus
+    ``band_sums(x2d)`` with ``want_band_sums``."""
+    values = tuple(quantize_2d(x2d, layout, fmt, scale_rule, rounding, seed=seed)[0]
+                   for layout, seed in zip(LAYOUTS, seeds))
+    return (*values, band_sums(x2d)) if want_band_sums else values
+
+
+def band_sums(x2d: torch.Tensor) -> torch.Tensor:
+    """fp32 column sums of x2d over each band of BLOCK_SIZE rows (the last band may be short), shape
+    (ceil(rows / 32), cols): partial sums of the bias gradient that the both-layouts kernel gets from its read of dY.
+    The order of the fp32 additions inside a band is not specified (the kernel's differs from this one's)."""
+    rows, cols = x2d.shape
+    bands = -(-rows // BLOCK_SIZE)
+    padded = torch.nn.functional.pad(x2d.float(), (0, 0, 0, bands * BLOCK_SIZE - rows))
+    return padded.view(bands, BLOCK_SIZE, cols).sum(1)
 
 
 def requantize_2d(packed: torch.Tensor, scales: torch.Tensor, packed_fmt: ElementFormat, cols: int,

@@ -52,6 +52,40 @@ def test_both_layouts_draw_seeds_in_order_and_backends_agree():
     assert_bitwise_equal(outs[0][1], second)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(70, 100), (64, 33)], ids=["tail-rows", "odd-cols"])
+def test_both_layouts_sum_the_columns_from_the_same_read(shape, dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(shape) * torch.exp(2 * torch.randn(shape))).to(dtype)
+    x[3, 5], x[40, 7] = float("inf"), float("nan")
+    seeds = ((3, 4), (5, 6))
+    for backend in ("torch", "triton"):
+        rows_v, cols_v, sums = quantize_both_layouts_2d(x, "e2m1", "rceil", "stochastic", seeds=seeds,
+                                                        want_column_sums=True, backend=backend)
+        plain = quantize_both_layouts_2d(x, "e2m1", "rceil", "stochastic", seeds=seeds, backend=backend)
+        assert_bitwise_equal(rows_v, plain[0])  # asking for the sums changes no value
+        assert_bitwise_equal(cols_v, plain[1])
+        want = x.float().sum(0, dtype=torch.float64)
+        assert sums.dtype == torch.float32 and sums.shape == (shape[1],)
+        assert torch.isinf(sums[5]) and torch.isnan(sums[7])
+        finite = torch.isfinite(want)
+        # fp32 sums in another order: within 2 * rows * 2^-24 of the sum of magnitudes
+        bound = 2 * shape[0] * 2.0**-24 * x.float().abs().sum(0, dtype=torch.float64)
+        assert ((sums.double() - want).abs()[finite] <= bound[finite]).all()
+
+
+def test_band_sums_of_the_kernel_and_the_reference_agree_to_fp32_rounding():
+    from quantization.mx import kernels, reference
+    from quantization.mx.formats import get_format
+    torch.manual_seed(1)
+    x = torch.randn(100, 64, dtype=torch.bfloat16)
+    *_, got = kernels.quantize_both_layouts_2d(x, get_format("e2m1"), "rceil", "nearest", want_band_sums=True)
+    want = reference.band_sums(x)
+    assert got.shape == want.shape == (4, 64)
+    torch.testing.assert_close(got, want, rtol=2e-6, atol=1e-5)
+    assert torch.equal(want[3], x[96:].float().sum(0))  # the short last band: 4 rows
+
+
 def test_both_layouts_rejects_ema():
     with pytest.raises(ValueError, match="ema"):
         quantize_both_layouts_2d(torch.ones(4, 4), "e2m1", "rceil", "ema")
