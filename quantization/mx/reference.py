@@ -30,6 +30,7 @@ _SIGN = _int32(0x80000000)  # fp32 sign bit
 _EXPONENT = _int32(0x7F800000)  # fp32 exponent field
 _MIX1 = _int32(0x85EBCA6B)
 _MIX2 = _int32(0xC2B2AE35)
+_GOLDEN = _int32(0x9E3779B1)  # odd: multiplying by it is a bijection of the 32-bit words
 _SHIFTS = {k: (_int32(k), _int32((1 << (32 - k)) - 1)) for k in (8, 13, 16)}  # k, mask of a logical shift by k
 _BELOW_HALF = torch.tensor(0.5 - 2.0**-25)  # the fp32 just below 1/2
 _INV_2_24 = torch.tensor(2.0**-24)
@@ -96,22 +97,11 @@ def _fmix32_middle_(h: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
     return _xorshift_(h.mul_(_MIX1), 13, scratch).mul_(_MIX2)
 
 
-def _xorshift16(word: torch.Tensor) -> torch.Tensor:
-    """word ^ (word >>> 16) of a seed word (a 0-dim integer tensor; its low 32 bits), as an int32 tensor."""
-    word = word.to(torch.int32)
-    return word ^ ((word >> 16) & 0xFFFF)
-
-
 def _uniform_(h: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """``uniform_from_index`` of the int32 indices h, computed in h's storage (returned as an fp32 view of it).
-
-    With x16(h) = h ^ (h >>> 16), which is linear over GF(2) and its own inverse: x16(index ^ k0) = x16(index) ^
-    x16(k0), and the last x16 of the first fmix32, the xor with k1 and the first x16 of the second fmix32 together
-    are one xor with x16(k1).
-    """
+    """``uniform_from_index`` of the int32 indices h, computed in h's storage (returned as an fp32 view of it)."""
     scratch = torch.empty_like(h)
-    _xorshift_(h, 16, scratch).bitwise_xor_(_xorshift16(seed[0]))
-    _fmix32_middle_(h, scratch).bitwise_xor_(_xorshift16(seed[1]))
+    h.bitwise_xor_(seed[0].to(torch.int32)).mul_(_GOLDEN).add_(seed[1].to(torch.int32))  # int32 wraps mod 2^32
+    _xorshift_(h, 16, scratch)
     _xorshift_(_fmix32_middle_(h, scratch), 16, scratch)
     shift, mask = _SHIFTS[8]
     draws = torch.bitwise_right_shift(h, shift, out=scratch).bitwise_and_(mask)
@@ -122,8 +112,11 @@ def uniform_from_index(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Counter-based uniform numbers in [0, 1) (24 bits) from a flat element index and a two-word seed (an integer
     tensor of two words on index's device, read there: no host value).
 
-    u = (fmix32(fmix32(index ^ k0) ^ k1) >> 8) * 2^-24, using 32-bit wrap-around arithmetic; the Triton kernels
-    compute the same hash, so stochastic rounding is reproducible and identical on both backends.
+    u = (fmix32((index ^ k0) * 0x9E3779B1 + k1) >> 8) * 2^-24, with 32-bit wrap-around arithmetic and fmix32
+    MurmurHash3's finalizer. For a given seed the map from index to hash is a bijection of the 32-bit words (no two
+    of 2^32 elements share a draw), and a change of either seed word changes the finalizer's input, whose
+    avalanche decorrelates the draws. The Triton kernels compute the same hash, so stochastic rounding is
+    reproducible and identical on both backends.
     """
     return _uniform_(index.to(torch.int32, copy=True), seed)  # int64 indices wrap mod 2^32
 

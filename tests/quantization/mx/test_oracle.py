@@ -34,7 +34,7 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 def oracle_uniform(index: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
     with np.errstate(over="ignore"):
-        h = _fmix32(_fmix32(index.astype(np.uint32) ^ np.uint32(seed[0])) ^ np.uint32(seed[1]))
+        h = _fmix32((index.astype(np.uint32) ^ np.uint32(seed[0])) * np.uint32(0x9E3779B1) + np.uint32(seed[1]))
     return (h >> 8).astype(np.float64) * 2.0**-24
 
 

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from quantization import quantize
+from quantization.mx import reference
 from quantization.mx.testing import STOCHASTIC_BLOCK as BLOCK, grid_neighbours, max_bias_in_sigmas
 
 DRAWS = 4096
@@ -67,3 +68,24 @@ def test_backward_seeds_resume_exactly_from_a_checkpointed_rng_state(tmp_path):
     set_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True))
     assert not torch.equal(first, second)
     assert torch.equal(grads(), second)
+
+
+def test_uniform_stream_is_flat_and_uncorrelated_across_neighbours_and_seeds():
+    n = 1 << 18
+    index = torch.arange(n)
+    base = reference.uniform_from_index(index, torch.tensor([12345, 678])).double()
+    counts = torch.bincount((base * 256).long(), minlength=256).double()
+    chi2 = ((counts - n / 256) ** 2 / (n / 256)).sum()
+    assert chi2 < 255 + 6 * (2 * 255) ** 0.5  # 255 degrees of freedom, six sigma
+    assert abs(base.mean() - 0.5) < 6 * (1 / 12 / n) ** 0.5
+
+    def correlation(a, b):
+        a, b = a - a.mean(), b - b.mean()
+        return float((a * b).sum() / (a.square().sum() * b.square().sum()).sqrt())
+
+    others = {"next index": base.roll(-1),
+              "seed word 0 + 1": reference.uniform_from_index(index, torch.tensor([12346, 678])).double(),
+              "seed word 1 + 1": reference.uniform_from_index(index, torch.tensor([12345, 679])).double(),
+              "seed word 1 + 2^31": reference.uniform_from_index(index, torch.tensor([12345, 678 + 2**31])).double()}
+    for name, other in others.items():
+        assert abs(correlation(base, other)) < 6 / n**0.5, name
