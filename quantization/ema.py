@@ -37,7 +37,7 @@ class QEmaState(nn.Module):
     weight quantizer's "ema" rounding compares against is the EMA once the count reaches QEMA_WARMUP_UPDATES; before
     that the weight itself, with which "ema" rounding is exactly nearest rounding."""
 
-    # Before Q-EMA became a layer state its buffers sat on the QLinear itself (checkpoints before 2026-12-02).
+    # Before Q-EMA became a layer state its buffers sat on the QLinear itself (checkpoints written before 2026-12-03).
     legacy_keys = {"weight_ema": "weight_ema", "ema_updates": "ema_updates"}
 
     def __init__(self, weight: torch.Tensor) -> None:

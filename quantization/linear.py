@@ -134,7 +134,6 @@ class QLinear(nn.Linear):
     def _build_layer_states(self) -> None:
         """(Re)build the methods' per-layer states from the current weight and find Q2's rounding-target supplier.
         ValueError if a recipe whose q2 rounds with "ema" gets no, or several, suppliers."""
-        self._target_state = None
         suppliers = []
         for attribute, state in layer_states(self.recipe, self.weight).items():
             setattr(self, attribute, state)

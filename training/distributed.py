@@ -47,9 +47,15 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+def _several_processes() -> bool:
+    """Whether this process is one of several in an initialised process group (the collectives below are no-ops
+    otherwise)."""
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     """Element-wise sum over ranks (the tensor itself when not distributed)."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if _several_processes():
         values = values.clone()
         dist.all_reduce(values)
     return values
@@ -58,14 +64,14 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
 def broadcast_from_main(tensors: Sequence[torch.Tensor]) -> None:
     """Overwrite each of ``tensors`` in place with rank 0's values (nothing when not distributed): for decisions
     that every rank must share whatever its own numerics gave, such as Q-Ramping's update periods."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if _several_processes():
         for tensor in tensors:
             dist.broadcast(tensor, src=0)
 
 
 def gather_objects(obj: object) -> list:
     """``obj`` from every rank, in rank order (a one-element list when not distributed)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several_processes():
         return [obj]
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
@@ -95,7 +101,7 @@ def check_replicas(state: dict[str, object], when: str) -> None:
 
     Used for the state that DDP does not synchronise but each rank updates alike from the all-reduced gradients:
     parameters, quantizer buffers (Q-EMA, Freeze), optimizer moments and Q-Ramping's periods."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _several_processes():
         return
     local = {name: fingerprint(value) if isinstance(value, torch.Tensor) else repr(value)
              for name, value in state.items()}

@@ -183,17 +183,17 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     byte_lane = tl.arange(0, 16)
     if WHOLE_BLOCKS:
         group_in = group < rows * blocks_per_row
-        mask = group_in[:, None] & (lane[None, :] < 32)
+        mask = group_in[:, None] & (lane[None, :] < 32)  # (the lane term only gives the mask the tile's shape)
         offs = group[:, None] * 32 + lane[None, :]
         poffs = group[:, None] * 16 + byte_lane[None, :]
         pmask = group_in[:, None] & (byte_lane[None, :] < 16)
     else:
-        row = group // blocks_per_row
+        row, block = group // blocks_per_row, group % blocks_per_row
         group_in = row < rows
-        col = ((group % blocks_per_row) * 32)[:, None] + lane[None, :]
+        col = (block * 32)[:, None] + lane[None, :]
         mask = group_in[:, None] & (col < cols)
         offs = row[:, None] * cols + col
-        pcol = ((group % blocks_per_row) * 16)[:, None] + byte_lane[None, :]
+        pcol = (block * 16)[:, None] + byte_lane[None, :]
         poffs = row[:, None] * pstride + pcol
         pmask = group_in[:, None] & (pcol < pstride)
     x = _load_f32(x_ptr + offs, mask, IS_BF16)
