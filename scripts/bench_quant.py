@@ -230,7 +230,7 @@ def sweep(x: torch.Tensor) -> list[dict]:
     out = []
     for case, (fn, nbytes) in cases.items():
         layouts = ("1x32", "32x1") if case in ("nearest values+packed", "stochastic values") else ("32x1",)
-        for layout, tile, warps in itertools.product(layouts, (32, 64, 128), (2, 4, 8)):
+        for layout, tile, warps in itertools.product(layouts, (32, 64, 128), (1, 2, 4, 8)):
             launch = dict(num_warps=warps, **({"groups": tile} if layout == "1x32" else {"block_c": tile}))
             ms = bench_ms(lambda: fn(layout, launch))
             out.append(dict(case=case, layout=layout, tile=tile, warps=warps, ms=ms, gbs=nbytes / ms / 1e6))

@@ -29,7 +29,7 @@ from quantization.mx.formats import Rounding
 TARGET = GPUTarget("cuda", 90, 32)
 E2M1 = dict(EXP_BITS=2, MAN_BITS=1)
 QUANTIZER = dict(RCEIL=True, WIDE=False, IS_BF16=True, OVERFLOW_EXP=1000, **E2M1)
-INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]{4}\*/\s+(?P<text>[^;]*);")
+INSTRUCTION = re.compile(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?P<text>[^;]*);")
 
 
 def compile_kernel(fn, signature: dict[str, str], constexprs: dict, num_warps: int):

@@ -19,13 +19,14 @@ ROUND_NEAREST = tl.constexpr(Rounding.NEAREST.value)
 ROUND_EVEN = tl.constexpr(Rounding.EVEN.value)
 ROUND_STOCHASTIC = tl.constexpr(Rounding.STOCHASTIC.value)
 ROUND_EMA = tl.constexpr(Rounding.EMA.value)
+HALF_BELOW = tl.constexpr(0.5 - 2.0**-25)  # the fp32 number below 0.5
 # Launch shapes picked by scripts/bench_quant.py --sweep on an H100 (a 50432x384 bf16 tensor): 1x32 tiles of 32
 # blocks x 32 elements with 4 warps; 32x1 bands of 32 rows x 64 columns with 2 warps; the backward pass's fused
 # kernels (stochastic) on bands of 32 x 32 with 2 warps.
 LAUNCH_1X32 = dict(groups=32, num_warps=4)
 LAUNCH_32X1 = dict(block_c=64, num_warps=2)
-LAUNCH_BOTH_LAYOUTS = dict(block_c=32, num_warps=2)
-LAUNCH_REQUANTIZE = dict(block_c=32, num_warps=2)
+LAUNCH_BOTH_LAYOUTS = dict(block_c=32, num_warps=1)
+LAUNCH_REQUANTIZE = dict(block_c=64, num_warps=1)
 LAUNCH_DEQUANTIZE = dict(block_r=32, block_c=64, num_warps=4)
 
 
@@ -50,11 +51,6 @@ def _program_start(axis: tl.constexpr, size: tl.constexpr, WIDE: tl.constexpr):
     if WIDE:
         pid = pid.to(tl.int64)
     return pid * size
-
-
-@triton.jit
-def _exponent_field(x):
-    return ((x.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
 
 
 @triton.jit
@@ -104,6 +100,22 @@ def _load_seed(seed_ptr, ROUNDING: tl.constexpr):
 
 
 @triton.jit
+def _block_amax(values, axis: tl.constexpr):
+    """Max of |values| along ``axis``, a block's amax, taken on the fp32 bits with the sign shifted out: NaN if the
+    block holds a NaN (its bits exceed infinity's) and +inf if it holds an infinity, so ``amax < inf`` says the block
+    is finite with no per-element test. (An integer max also keeps Triton's CPU interpreter fast, which a custom
+    NaN-propagating float reduction would not.)"""
+    doubled = tl.max(values.to(tl.uint32, bitcast=True) << 1, axis=axis)
+    return (doubled >> 1).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _max_of_amaxes(a, b):
+    """The larger of two _block_amax results, NaN winning (as the max of their bits)."""
+    return tl.maximum(a.to(tl.uint32, bitcast=True), b.to(tl.uint32, bitcast=True)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _quantize_tile(x, amax, finite, index, ema, seed0, seed1, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr,
                    RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
     """Quantize an fp32 tile given its (broadcastable) block amax to the EXP_BITS/MAN_BITS format. Returns
@@ -126,29 +138,38 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1, EXP_BITS: tl.const
         s += ((amax_bits & 0x7FFFFF) > MAX_MANT_FIELD).to(tl.int32)
     s = tl.minimum(tl.maximum(s, -127), 127)
     v = x * _pow2(-s)
-    negative = v.to(tl.int32, bitcast=True) < 0
-    sign = tl.where(negative, -1.0, 1.0)
+    v_bits = v.to(tl.int32, bitcast=True)
     av = tl.abs(v)
-    binade = tl.minimum(tl.maximum(_exponent_field(av), EMIN), EMAX)
-    step = _pow2_normal(binade - MAN_BITS)
-    a = av * _pow2_normal(MAN_BITS - binade)
-    low = tl.floor(a)
-    frac = a - low  # exact (floor(a + 0.5) is not: just below a = 0.5, a + 0.5 rounds up to 1)
+    # 2^binade as fp32 bits: the element's binade, or emin's below it. No clamp at emax is needed: a finite block's
+    # |v| < 2^(emax+1) (the reference clamps; a non-finite block's values are replaced by NaN below).
+    binade_bits = tl.maximum(av.to(tl.int32, bitcast=True) & 0x7F800000, (EMIN + 127) << 23)
+    step = (binade_bits - (MAN_BITS << 23)).to(tl.float32, bitcast=True)
+    # |v| / step, exact; 2^(MAN_BITS - binade) in unsigned arithmetic (the constant passes 2^31 for MAN_BITS >= 2)
+    a = av * (((254 + MAN_BITS) << 23) - binade_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
     if ROUNDING == ROUND_NEAREST:
-        up = frac >= 0.5
-    elif ROUNDING == ROUND_EVEN:
-        low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
-        up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
-    elif ROUNDING == ROUND_STOCHASTIC:
-        up = _uniform(index, seed0, seed1) < frac
-    else:  # ROUND_EMA
-        up = sign * tl.where(amax > 0, ema * _pow2(-s), 0.0) >= (low + 0.5) * step  # an all-zero block stays zero
-    k = low + up.to(tl.float32)
+        # floor(a + 0.5), ties up, from one rounded add: with c = 0.5 - 2^-25, fl(a + c) lands on the integer n
+        # exactly when a >= n - 0.5 (the fp32 spacing below any n >= 1 is >= 2^-24; at n = 1 the tie goes to the even
+        # 1.0) and stays below n + 1 when a < n + 0.5. Ties and their one-ulp neighbours are tested bit for bit.
+        k = tl.floor(a + HALF_BELOW)
+    else:
+        low = tl.floor(a)
+        frac = a - low  # exact (floor(a + 0.5) is not: just below a = 0.5, a + 0.5 rounds up to 1)
+        if ROUNDING == ROUND_EVEN:
+            low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
+            up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
+        elif ROUNDING == ROUND_STOCHASTIC:
+            up = _uniform(index, seed0, seed1) < frac
+        else:  # ROUND_EMA; an all-zero block stays zero
+            sign = tl.where(v_bits < 0, -1.0, 1.0)
+            up = sign * tl.where(amax > 0, ema * _pow2(-s), 0.0) >= (low + 0.5) * step
+        k = low + up.to(tl.float32)
     saturating = s == OVERFLOW_EXP  # per block: from 2^emax up the grid would overflow the output dtype
     magnitude = tl.minimum(k * step, tl.where(saturating, SAT_VALUE, MAX_VALUE))
-    deq = magnitude * sign * tl.where(finite, _pow2(s), float("nan"))  # a NaN block: NaN times any magnitude
-    code = tl.minimum((binade - EMIN) * (1 << MAN_BITS) + k.to(tl.int32), tl.where(saturating, SAT_CODE, MAX_CODE))
-    code = tl.where(negative, code | SIGN_BIT, code)
+    magnitude = magnitude * tl.where(finite, _pow2(s), float("nan"))  # a NaN block: NaN times any magnitude
+    deq = (magnitude.to(tl.int32, bitcast=True) | (v_bits & -2147483648)).to(tl.float32, bitcast=True)  # v's sign
+    binade_code = (binade_bits - ((EMIN + 127) << 23)) >> (23 - MAN_BITS)  # (binade - emin) * 2^MAN_BITS
+    code = tl.minimum(binade_code + k.to(tl.int32), tl.where(saturating, SAT_CODE, MAX_CODE))
+    code = tl.where(v_bits < 0, code | SIGN_BIT, code)
     code = tl.where(finite, code, 0)
     scale = tl.where(finite, s + 127, 255)
     return deq, code, scale
@@ -197,9 +218,8 @@ def _quantize_1x32_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
         poffs = row[:, None] * pstride + pcol
         pmask = group_in[:, None] & (pcol < pstride)
     x = _load_f32(x_ptr + offs, mask, IS_BF16)
-    ax = tl.abs(x)
-    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=1) == 0
-    amax = tl.max(ax, axis=1)
+    amax = _block_amax(x, 1)
+    finite = amax < float("inf")
     seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
     code, scale = _round_and_store(x, amax[:, None], finite[:, None], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
                                    IS_BF16, EXP_BITS, MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
@@ -221,9 +241,8 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
     mask = (row[:, None] < rows) & (col[None, :] < cols)
     offs = row[:, None] * cols + col[None, :]
     x = _load_f32(x_ptr + offs, mask, IS_BF16)
-    ax = tl.abs(x)
-    finite = tl.max(((ax == float("inf")) | (x != x)).to(tl.int32), axis=0) == 0
-    amax = tl.max(ax, axis=0)
+    amax = _block_amax(x, 0)
+    finite = amax < float("inf")
     seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
     code, scale = _round_and_store(x, amax[None, :], finite[None, :], offs, mask, ema_ptr, y_ptr, seed0, seed1, WRITE_Y,
                                    IS_BF16, EXP_BITS, MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
@@ -327,16 +346,10 @@ def _store_pairs(y_ptr, pair_offs, low, high, mask, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _abs_or_inf(x):
-    """|x| with NaN as +inf: a block's max of it is its amax, or +inf for a block that must come out NaN."""
-    return tl.where(x != x, float("inf"), tl.abs(x))
-
-
-@triton.jit
 def _quantize_pairs(low, high, amax_low, amax_high, index, seed0, seed1, EXP_BITS: tl.constexpr,
                     MAN_BITS: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
     """Dequantized element pairs (low: element 2j at ``index``, high: 2j+1) given the broadcast amax of each one's
-    block, +inf for a block that must come out NaN."""
+    block (_block_amax: NaN or +inf for a block that must come out NaN)."""
     low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed0, seed1, EXP_BITS, MAN_BITS,
                                  RCEIL, ROUNDING, OVERFLOW_EXP)
     high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed0, seed1, EXP_BITS,
@@ -365,13 +378,12 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, sums_ptr, rows,
     low, high = _load_pairs(x_ptr, pair_offs, mask, IS_BF16)
     seed0, seed1 = _load_seed(seed_rows_ptr, ROUNDING)
     seed2, seed3 = _load_seed(seed_cols_ptr, ROUNDING)
-    abs_low, abs_high = _abs_or_inf(low), _abs_or_inf(high)
-    amax = tl.maximum(tl.max(abs_low, axis=2), tl.max(abs_high, axis=2))[:, :, None]
+    amax = _max_of_amaxes(_block_amax(low, 2), _block_amax(high, 2))[:, :, None]
     low_q, high_q = _quantize_pairs(low, high, amax, amax, index, seed0, seed1, EXP_BITS, MAN_BITS, RCEIL, ROUNDING,
                                     OVERFLOW_EXP)
     _store_pairs(y_rows_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
-    amax_low = tl.max(abs_low, axis=0)[None, :, :]
-    amax_high = tl.max(abs_high, axis=0)[None, :, :]
+    amax_low = _block_amax(low, 0)[None, :, :]
+    amax_high = _block_amax(high, 0)[None, :, :]
     low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, index, seed2, seed3, EXP_BITS, MAN_BITS, RCEIL,
                                     ROUNDING, OVERFLOW_EXP)
     _store_pairs(y_cols_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
@@ -408,8 +420,8 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
     if not IS_BF16:  # the saved tensor's own rounding (fp16); bf16 and fp32 hold every dequantized value exactly
         low = low.to(y_ptr.dtype.element_ty).to(tl.float32)
         high = high.to(y_ptr.dtype.element_ty).to(tl.float32)
-    amax_low = tl.max(_abs_or_inf(low), axis=0)[None, :, :]
-    amax_high = tl.max(_abs_or_inf(high), axis=0)[None, :, :]
+    amax_low = _block_amax(low, 0)[None, :, :]
+    amax_high = _block_amax(high, 0)[None, :, :]
     index = 2 * pair_offs
     seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
     low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, index, seed0, seed1, EXP_BITS, MAN_BITS, RCEIL,
