@@ -81,10 +81,23 @@ def _fmix32(h):
 
 
 @triton.jit
+def _pair_hash(pair, seed0, seed1):
+    """The 32-bit hash of element pair ``pair`` (uint32) that reference.uniform_from_index splits into two draws."""
+    return _fmix32((pair ^ seed0) * 0x9E3779B1 + seed1)
+
+
+@triton.jit
+def _half_uniform(bits16):
+    """A draw of reference.uniform_from_index from its 16 bits (a uint32 below 2^16)."""
+    return bits16.to(tl.float32) * (1.0 / 65536.0)
+
+
+@triton.jit
 def _uniform(index, seed0, seed1):
-    """reference.uniform_from_index: one multiply-add of the index with the seed words, one fmix32."""
-    h = (index.to(tl.uint32) ^ seed0.to(tl.uint32)) * 0x9E3779B1 + seed1.to(tl.uint32)
-    return (_fmix32(h) >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    """reference.uniform_from_index of single elements: the hash of the element's pair, low or high half."""
+    index = index.to(tl.uint32)
+    h = _pair_hash(index >> 1, seed0, seed1)
+    return _half_uniform((h >> ((index & 1) * 16)) & 0xFFFF)
 
 
 @triton.jit
@@ -116,9 +129,10 @@ def _max_of_amaxes(a, b):
 
 
 @triton.jit
-def _quantize_tile(x, amax, finite, index, ema, seed0, seed1, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr,
+def _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr,
                    RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
-    """Quantize an fp32 tile given its (broadcastable) block amax to the EXP_BITS/MAN_BITS format. Returns
+    """Quantize an fp32 tile given its (broadcastable) block amax to the EXP_BITS/MAN_BITS format (``uniform``: the
+    draws of stochastic rounding, ``ema``: the Q-EMA weights, each read only by its rounding). Returns
     (dequantized, code, biased scale). OVERFLOW_EXP: the block scale exponent at which the output dtype saturates
     (reference.magnitude_limit). The format's constants are ElementFormat's properties, computed at compile time."""
     BIAS: tl.constexpr = (1 << (EXP_BITS - 1)) - 1
@@ -147,9 +161,7 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1, EXP_BITS: tl.const
     # |v| / step, exact; 2^(MAN_BITS - binade) in unsigned arithmetic (the constant passes 2^31 for MAN_BITS >= 2)
     a = av * (((254 + MAN_BITS) << 23) - binade_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
     if ROUNDING == ROUND_NEAREST:
-        # floor(a + 0.5), ties up, from one rounded add: with c = 0.5 - 2^-25, fl(a + c) lands on the integer n
-        # exactly when a >= n - 0.5 (the fp32 spacing below any n >= 1 is >= 2^-24; at n = 1 the tie goes to the even
-        # 1.0) and stays below n + 1 when a < n + 0.5. Ties and their one-ulp neighbours are tested bit for bit.
+        # floor(a) + (frac >= 1/2) as floor(a + 1/2 - 2^-25), exact for every a (the proof: reference.round_steps)
         k = tl.floor(a + HALF_BELOW)
     else:
         low = tl.floor(a)
@@ -158,7 +170,7 @@ def _quantize_tile(x, amax, finite, index, ema, seed0, seed1, EXP_BITS: tl.const
             low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
             up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
         elif ROUNDING == ROUND_STOCHASTIC:
-            up = _uniform(index, seed0, seed1) < frac
+            up = uniform < frac
         else:  # ROUND_EMA; an all-zero block stays zero
             sign = tl.where(v_bits < 0, -1.0, 1.0)
             up = sign * tl.where(amax > 0, ema * _pow2(-s), 0.0) >= (low + 0.5) * step
@@ -181,9 +193,12 @@ def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, 
                      ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
     """Quantize a loaded tile given its broadcast block amax, store the values if asked; returns (codes, scales)."""
     ema = x
+    uniform = x
     if ROUNDING == ROUND_EMA:
         ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    deq, code, scale = _quantize_tile(x, amax, finite, offs, ema, seed0, seed1, EXP_BITS, MAN_BITS, RCEIL, ROUNDING,
+    elif ROUNDING == ROUND_STOCHASTIC:
+        uniform = _uniform(offs, seed0, seed1)
+    deq, code, scale = _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS, MAN_BITS, RCEIL, ROUNDING,
                                       OVERFLOW_EXP)
     if WRITE_Y:
         tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
@@ -346,14 +361,23 @@ def _store_pairs(y_ptr, pair_offs, low, high, mask, IS_BF16: tl.constexpr):
 
 
 @triton.jit
-def _quantize_pairs(low, high, amax_low, amax_high, index, seed0, seed1, EXP_BITS: tl.constexpr,
+def _quantize_pairs(low, high, amax_low, amax_high, pair, seed0, seed1, WIDE: tl.constexpr, EXP_BITS: tl.constexpr,
                     MAN_BITS: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
-    """Dequantized element pairs (low: element 2j at ``index``, high: 2j+1) given the broadcast amax of each one's
-    block (_block_amax: NaN or +inf for a block that must come out NaN)."""
-    low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), index, low, seed0, seed1, EXP_BITS, MAN_BITS,
-                                 RCEIL, ROUNDING, OVERFLOW_EXP)
-    high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), index + 1, high, seed0, seed1, EXP_BITS,
-                                  MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
+    """Dequantized element pairs (low: element 2j of flat pair index ``pair``, high: 2j+1) given the broadcast amax of
+    each one's block (_block_amax: NaN or +inf for a block that must come out NaN). Stochastic rounding takes both
+    draws from one hash of the pair."""
+    uniform_low = low
+    uniform_high = high
+    if ROUNDING == ROUND_STOCHASTIC:
+        if WIDE:  # the element index wraps mod 2^32, so the pair index mod 2^31
+            pair = pair & 0x7FFFFFFF
+        h = _pair_hash(pair.to(tl.uint32), seed0, seed1)
+        uniform_low = _half_uniform(h & 0xFFFF)
+        uniform_high = _half_uniform(h >> 16)
+    low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), uniform_low, low, EXP_BITS, MAN_BITS, RCEIL,
+                                 ROUNDING, OVERFLOW_EXP)
+    high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), uniform_high, high, EXP_BITS, MAN_BITS,
+                                  RCEIL, ROUNDING, OVERFLOW_EXP)
     return low_q, high_q
 
 
@@ -374,18 +398,17 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, sums_ptr, rows,
     pair3 = pair[None, :, :]
     mask = (row3 < rows) & (pair3 < half_cols)
     pair_offs = row3 * half_cols + pair3
-    index = 2 * pair_offs
     low, high = _load_pairs(x_ptr, pair_offs, mask, IS_BF16)
     seed0, seed1 = _load_seed(seed_rows_ptr, ROUNDING)
     seed2, seed3 = _load_seed(seed_cols_ptr, ROUNDING)
     amax = _max_of_amaxes(_block_amax(low, 2), _block_amax(high, 2))[:, :, None]
-    low_q, high_q = _quantize_pairs(low, high, amax, amax, index, seed0, seed1, EXP_BITS, MAN_BITS, RCEIL, ROUNDING,
-                                    OVERFLOW_EXP)
+    low_q, high_q = _quantize_pairs(low, high, amax, amax, pair_offs, seed0, seed1, WIDE, EXP_BITS, MAN_BITS, RCEIL,
+                                    ROUNDING, OVERFLOW_EXP)
     _store_pairs(y_rows_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
     amax_low = _block_amax(low, 0)[None, :, :]
     amax_high = _block_amax(high, 0)[None, :, :]
-    low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, index, seed2, seed3, EXP_BITS, MAN_BITS, RCEIL,
-                                    ROUNDING, OVERFLOW_EXP)
+    low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, pair_offs, seed2, seed3, WIDE, EXP_BITS,
+                                    MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
     _store_pairs(y_cols_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
     if WRITE_SUMS:
         band_offs = _program_start(0, 1, WIDE) * half_cols + pair
@@ -422,10 +445,9 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
         high = high.to(y_ptr.dtype.element_ty).to(tl.float32)
     amax_low = _block_amax(low, 0)[None, :, :]
     amax_high = _block_amax(high, 0)[None, :, :]
-    index = 2 * pair_offs
     seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
-    low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, index, seed0, seed1, EXP_BITS, MAN_BITS, RCEIL,
-                                    ROUNDING, OVERFLOW_EXP)
+    low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, pair_offs, seed0, seed1, WIDE, EXP_BITS,
+                                    MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
     _store_pairs(y_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
 
 

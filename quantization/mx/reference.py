@@ -31,9 +31,11 @@ _EXPONENT = _int32(0x7F800000)  # fp32 exponent field
 _MIX1 = _int32(0x85EBCA6B)
 _MIX2 = _int32(0xC2B2AE35)
 _GOLDEN = _int32(0x9E3779B1)  # odd: multiplying by it is a bijection of the 32-bit words
-_SHIFTS = {k: (_int32(k), _int32((1 << (32 - k)) - 1)) for k in (8, 13, 16)}  # k, mask of a logical shift by k
+_SHIFTS = {k: (_int32(k), _int32((1 << (32 - k)) - 1)) for k in (1, 13, 16)}  # k, mask of a logical shift by k
+_ONE, _HALF_WORD = _int32(1), _int32(16)
+_LOW_HALF = _int32(0xFFFF)
 _BELOW_HALF = torch.tensor(0.5 - 2.0**-25)  # the fp32 just below 1/2
-_INV_2_24 = torch.tensor(2.0**-24)
+_INV_2_16 = torch.tensor(2.0**-16)
 
 
 def pow2(k: torch.Tensor) -> torch.Tensor:
@@ -100,23 +102,26 @@ def _fmix32_middle_(h: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
 def _uniform_(h: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """``uniform_from_index`` of the int32 indices h, computed in h's storage (returned as an fp32 view of it)."""
     scratch = torch.empty_like(h)
-    h.bitwise_xor_(seed[0].to(torch.int32)).mul_(_GOLDEN).add_(seed[1].to(torch.int32))  # int32 wraps mod 2^32
+    half_shift = torch.bitwise_and(h, _ONE).mul_(_HALF_WORD)  # 0 for an even index, 16 for an odd one
+    shift, mask = _SHIFTS[1]
+    torch.bitwise_right_shift(h, shift, out=scratch).bitwise_and_(mask)  # the pair's index, index >>> 1
+    h.copy_(scratch).bitwise_xor_(seed[0].to(torch.int32)).mul_(_GOLDEN).add_(seed[1].to(torch.int32))  # wraps
     _xorshift_(h, 16, scratch)
     _xorshift_(_fmix32_middle_(h, scratch), 16, scratch)
-    shift, mask = _SHIFTS[8]
-    draws = torch.bitwise_right_shift(h, shift, out=scratch).bitwise_and_(mask)
-    return h.view(torch.float32).copy_(draws).mul_(_INV_2_24)
+    draws = torch.bitwise_right_shift(h, half_shift, out=scratch).bitwise_and_(_LOW_HALF)
+    return h.view(torch.float32).copy_(draws).mul_(_INV_2_16)
 
 
 def uniform_from_index(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """Counter-based uniform numbers in [0, 1) (24 bits) from a flat element index and a two-word seed (an integer
+    """Counter-based uniform numbers in [0, 1) (16 bits) from a flat element index and a two-word seed (an integer
     tensor of two words on index's device, read there: no host value).
 
-    u = (fmix32((index ^ k0) * 0x9E3779B1 + k1) >> 8) * 2^-24, with 32-bit wrap-around arithmetic and fmix32
-    MurmurHash3's finalizer. For a given seed the map from index to hash is a bijection of the 32-bit words (no two
-    of 2^32 elements share a draw), and a change of either seed word changes the finalizer's input, whose
-    avalanche decorrelates the draws. The Triton kernels compute the same hash, so stochastic rounding is
-    reproducible and identical on both backends.
+    Elements 2j and 2j+1 share one hash of their pair index j: h = fmix32((j ^ k0) * 0x9E3779B1 + k1), with 32-bit
+    wrap-around arithmetic and fmix32 MurmurHash3's finalizer; element 2j takes its low 16 bits, 2j+1 its high 16
+    bits, u = bits * 2^-16. For a given seed the map from pair index to hash is a bijection of the 32-bit words, so
+    no two of 2^32 elements share a draw, and a change of either seed word changes the finalizer's input, whose
+    avalanche decorrelates the draws. One hash per two draws halves the kernels' cost of the stream. The Triton
+    kernels compute the same, so stochastic rounding is reproducible and identical on both backends.
     """
     return _uniform_(index.to(torch.int32, copy=True), seed)  # int64 indices wrap mod 2^32
 

@@ -143,3 +143,19 @@ def test_requantize_keeps_the_saved_dtypes_rounding():
     want = quantize(dequantize(mx), "32x1", backend="torch")
     assert torch.isnan(want[:32, :8]).all()
     assert_bitwise_equal(requantize_2d(mx, "e2m1", "rceil", "nearest", backend="triton"), want)
+
+
+@pytest.mark.parametrize("rounding", ("nearest", "stochastic"))
+def test_int64_index_path_matches_the_reference(rounding, monkeypatch):
+    """The kernels' int64 offsets (taken for tensors of 2^31 elements or more, forced here on a small one) give the
+    reference's results. (The wrap of the hash's index mod 2^32, pair index mod 2^31, needs 2^31 elements to show.)"""
+    from quantization.mx import kernels
+    from quantization.mx.testing import check_both_layouts, check_quantize, check_requantize, requantize_input
+
+    monkeypatch.setattr(kernels, "_wide", lambda rows, cols: True)
+    x = _edges_both_ways("e2m1", torch.bfloat16)
+    check_both_layouts(x, "e2m1", "rceil", rounding)
+    for layout in ("1x32", "32x1"):
+        check_quantize(x, layout, "e2m1", "rceil", rounding)
+    check_requantize(requantize_input(torch.randn(64, 32, generator=torch.Generator().manual_seed(0))), "e2m1", "rceil",
+                     rounding)

@@ -33,9 +33,10 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
 
 
 def oracle_uniform(index: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
+    index = index.astype(np.uint32)
     with np.errstate(over="ignore"):
-        h = _fmix32((index.astype(np.uint32) ^ np.uint32(seed[0])) * np.uint32(0x9E3779B1) + np.uint32(seed[1]))
-    return (h >> 8).astype(np.float64) * 2.0**-24
+        h = _fmix32(((index >> 1) ^ np.uint32(seed[0])) * np.uint32(0x9E3779B1) + np.uint32(seed[1]))
+    return np.where(index % 2 == 1, h >> 16, h % 65536).astype(np.float64) * 2.0**-16
 
 
 def _exponent(a: np.ndarray) -> np.ndarray:
