@@ -104,8 +104,8 @@ def _uniform_(h: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     scratch = torch.empty_like(h)
     half_shift = torch.bitwise_and(h, _ONE).mul_(_HALF_WORD)  # 0 for an even index, 16 for an odd one
     shift, mask = _SHIFTS[1]
-    torch.bitwise_right_shift(h, shift, out=scratch).bitwise_and_(mask)  # the pair's index, index >>> 1
-    h.copy_(scratch).bitwise_xor_(seed[0].to(torch.int32)).mul_(_GOLDEN).add_(seed[1].to(torch.int32))  # wraps
+    torch.bitwise_right_shift(h, shift, out=h).bitwise_and_(mask)  # the pair's index, index >>> 1
+    h.bitwise_xor_(seed[0].to(torch.int32)).mul_(_GOLDEN).add_(seed[1].to(torch.int32))  # int32 wraps mod 2^32
     _xorshift_(h, 16, scratch)
     _xorshift_(_fmix32_middle_(h, scratch), 16, scratch)
     draws = torch.bitwise_right_shift(h, half_shift, out=scratch).bitwise_and_(_LOW_HALF)

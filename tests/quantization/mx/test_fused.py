@@ -8,7 +8,8 @@ import torch
 
 from quantization import dequantize, quantize, quantize_packed
 from quantization.mx.ops import quantize_2d, quantize_both_layouts_2d, requantize_2d
-from quantization.mx.testing import assert_bitwise_equal, edge_matrix
+from quantization.mx.testing import (assert_bitwise_equal, check_both_layouts, check_quantize, check_requantize,
+                                     edge_matrix, requantize_input)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on NaN blocks
 
@@ -150,7 +151,6 @@ def test_int64_index_path_matches_the_reference(rounding, monkeypatch):
     """The kernels' int64 offsets (taken for tensors of 2^31 elements or more, forced here on a small one) give the
     reference's results. (The wrap of the hash's index mod 2^32, pair index mod 2^31, needs 2^31 elements to show.)"""
     from quantization.mx import kernels
-    from quantization.mx.testing import check_both_layouts, check_quantize, check_requantize, requantize_input
 
     monkeypatch.setattr(kernels, "_wide", lambda rows, cols: True)
     x = _edges_both_ways("e2m1", torch.bfloat16)
