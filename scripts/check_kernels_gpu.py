@@ -21,8 +21,9 @@ from quantization import FORMATS, QLinear, dequantize, get_recipe, quantize, qua
 from quantization.mx.formats import LAYOUTS, ROUNDINGS, SCALE_RULES
 from quantization.mx.ops import quantize_2d, quantize_both_layouts_2d, requantize_2d
 from quantization.mx.testing import (STOCHASTIC_BLOCK, as_layout, assert_bitwise_equal, both_ways, check_both_layouts,
-                                     check_quantize, check_requantize, edge_matrix, grid_neighbours, max_bias_in_sigmas,
-                                     midpoint_blocks, overflow_blocks, requantize_input, zero_blocks_with_ema)
+                                     check_quantize, check_requantize, check_zero_draws, edge_matrix, grid_neighbours,
+                                     max_bias_in_sigmas, midpoint_blocks, overflow_blocks, requantize_input,
+                                     zero_blocks_with_ema, zero_draw_case)
 from quantization.recipes import ROLE_LAYOUTS
 
 
@@ -152,6 +153,13 @@ def boundary_saturation(dtype: torch.dtype) -> None:
         assert all(torch.isfinite(values).all() for values in outputs), (fmt, rule)
 
 
+def boundary_zero_draws(dtype: torch.dtype) -> None:
+    """Stochastic rounding of values whose scaled steps are fp32 subnormals, at draws of exactly 0 (FTZ would lose
+    them), through the plain and both-layouts kernels."""
+    if dtype != torch.float16:  # fp16 holds no such value
+        check_zero_draws(*zero_draw_case(dtype), device="cuda")
+
+
 def stochastic_statistics(layout: str, dtype: torch.dtype) -> None:
     draws = 1 << 16
     block = STOCHASTIC_BLOCK.to(dtype).float()  # the unit test's block, as the dtype holds it
@@ -225,7 +233,7 @@ def main() -> int:
         check(f"exact fused {fmt} {rule} {rounding} {str(dtype)[6:]}",
               lambda: fused_vs_reference(args.elements, fmt, rule, rounding, dtype), results, only)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for part in (boundary_midpoints, boundary_qema_zero_blocks, boundary_saturation):
+        for part in (boundary_midpoints, boundary_qema_zero_blocks, boundary_saturation, boundary_zero_draws):
             check(f"{part.__name__.replace('_', ' ')} {str(dtype)[6:]}", lambda: part(dtype), results, only)
     for layout, dtype in itertools.product(("1x32", "32x1"), (torch.bfloat16, torch.float32)):
         check(f"stochastic statistics {layout} {str(dtype)[6:]}", lambda: stochastic_statistics(layout, dtype),

@@ -10,6 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .backends import triton_interpreted
 from .formats import BLOCK_SIZE, LAYOUTS, ElementFormat, Rounding
 from .reference import band_sums, overflow_exponent
 
@@ -20,6 +21,12 @@ ROUND_EVEN = tl.constexpr(Rounding.EVEN.value)
 ROUND_STOCHASTIC = tl.constexpr(Rounding.STOCHASTIC.value)
 ROUND_EMA = tl.constexpr(Rounding.EMA.value)
 HALF_BELOW = tl.constexpr(0.5 - 2.0**-25)  # the fp32 number below 0.5
+# 1.5 * 2^23: MAGIC + t rounded to an integer (ulp 1) is MAGIC + floor(t) or MAGIC + ceil(t) for |t| < 2^22, whose
+# bits minus MAGIC's are that integer, with neither a float rounding instruction nor a conversion.
+MAGIC = tl.constexpr(12582912.0)
+MAGIC_BITS = tl.constexpr(0x4B400000)
+# Compiled for the GPU rather than run by the CPU interpreter, which cannot run the inline PTX of directed rounding.
+NATIVE = tl.constexpr(not triton_interpreted())
 # Launch shapes picked by scripts/bench_quant.py --sweep on a 50432x384 bf16 tensor, replayed from CUDA graphs on
 # the H200: 1x32 tiles of 64 blocks x 32 elements with 2 warps; the backward pass's fused kernels (stochastic) on
 # bands of 32 rows x 32 columns with 1 warp. The 32x1 kernel keeps an H100 pick, bands of 32 x 64 with 2 warps.
@@ -35,12 +42,6 @@ def _pow2(k):
     """2**k as fp32 for int32 k in [-127, 127], built from the bit pattern."""
     bits = tl.where(k >= -126, (k + 127) << 23, 1 << 22)
     return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _pow2_normal(k):
-    """2**k as fp32 for int32 k in [-126, 127] (no subnormal case: the grid's own steps)."""
-    return ((k + 127) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -88,8 +89,9 @@ def _pair_hash(pair, seed0, seed1):
 
 @triton.jit
 def _half_uniform(bits16):
-    """A draw of reference.uniform_from_index from its 16 bits (a uint32 below 2^16)."""
-    return bits16.to(tl.float32) * (1.0 / 65536.0)
+    """A draw of reference.uniform_from_index from its 16 bits (a uint32 below 2^16): 2^23 + bits16 is the float
+    with those mantissa bits, so the draw takes an OR and a subtraction instead of a conversion."""
+    return ((bits16 | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0) * (1.0 / 65536.0)
 
 
 @triton.jit
@@ -110,6 +112,27 @@ def _load_seed(seed_ptr, ROUNDING: tl.constexpr):
         seed0 = tl.load(seed_ptr).to(tl.uint32)
         seed1 = tl.load(seed_ptr + 1).to(tl.uint32)
     return seed0, seed1
+
+
+@triton.jit
+def _magic_floor(t):
+    """MAGIC + floor(t), exactly, for |t| < 2^22: on the GPU one add rounding down (PTX, as libdevice's add_rd
+    flushes subnormal inputs to zero)."""
+    if NATIVE:
+        return tl.inline_asm_elementwise("add.rm.f32 $0, $1, 0f4B400000;", "=f,f", [t], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.floor(t) + MAGIC
+
+
+@triton.jit
+def _magic_ceil(t):
+    """MAGIC + ceil(t), exactly, for |t| < 2^22 (never -0): on the GPU one add rounding up, subnormal t kept."""
+    if NATIVE:
+        return tl.inline_asm_elementwise("add.rp.f32 $0, $1, 0f4B400000;", "=f,f", [t], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.ceil(t) + MAGIC
 
 
 @triton.jit
@@ -157,30 +180,33 @@ def _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS: tl.constexpr, MAN_BI
     # 2^binade as fp32 bits: the element's binade, or emin's below it. No clamp at emax is needed: a finite block's
     # |v| < 2^(emax+1) (the reference clamps; a non-finite block's values are replaced by NaN below).
     binade_bits = tl.maximum(av.to(tl.int32, bitcast=True) & 0x7F800000, (EMIN + 127) << 23)
-    step = (binade_bits - (MAN_BITS << 23)).to(tl.float32, bitcast=True)
+    step = binade_bits.to(tl.float32, bitcast=True) * (2.0**-MAN_BITS)
     # |v| / step, exact; 2^(MAN_BITS - binade) in unsigned arithmetic (the constant passes 2^31 for MAN_BITS >= 2)
     a = av * (((254 + MAN_BITS) << 23) - binade_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
+    # k_biased = MAGIC + k, k = floor(a) + (1 if rounding up)
     if ROUNDING == ROUND_NEAREST:
         # floor(a) + (frac >= 1/2) as floor(a + 1/2 - 2^-25), exact for every a (the proof: reference.round_steps)
-        k = tl.floor(a + HALF_BELOW)
+        k_biased = _magic_floor(a + HALF_BELOW)
+    elif ROUNDING == ROUND_STOCHASTIC:
+        # floor(a) + (uniform < frac) as ceil(a - uniform), exact (the proof: reference.round_steps)
+        k_biased = _magic_ceil(a - uniform)
     else:
         low = tl.floor(a)
         frac = a - low  # exact (floor(a + 0.5) is not: just below a = 0.5, a + 0.5 rounds up to 1)
         if ROUNDING == ROUND_EVEN:
             low_is_odd = (low - 2.0 * tl.floor(low * 0.5)) == 1.0
             up = (frac > 0.5) | ((frac == 0.5) & low_is_odd)
-        elif ROUNDING == ROUND_STOCHASTIC:
-            up = uniform < frac
         else:  # ROUND_EMA; an all-zero block stays zero
             sign = tl.where(v_bits < 0, -1.0, 1.0)
             up = sign * tl.where(amax > 0, ema * _pow2(-s), 0.0) >= (low + 0.5) * step
-        k = low + up.to(tl.float32)
+        k_biased = low + up.to(tl.float32) + MAGIC
     saturating = s == OVERFLOW_EXP  # per block: from 2^emax up the grid would overflow the output dtype
-    magnitude = tl.minimum(k * step, tl.where(saturating, SAT_VALUE, MAX_VALUE))
+    magnitude = tl.minimum((k_biased - MAGIC) * step, tl.where(saturating, SAT_VALUE, MAX_VALUE))
     magnitude = magnitude * tl.where(finite, _pow2(s), float("nan"))  # a NaN block: NaN times any magnitude
     deq = (magnitude.to(tl.int32, bitcast=True) | (v_bits & -2147483648)).to(tl.float32, bitcast=True)  # v's sign
     binade_code = (binade_bits - ((EMIN + 127) << 23)) >> (23 - MAN_BITS)  # (binade - emin) * 2^MAN_BITS
-    code = tl.minimum(binade_code + k.to(tl.int32), tl.where(saturating, SAT_CODE, MAX_CODE))
+    k = k_biased.to(tl.int32, bitcast=True) - MAGIC_BITS
+    code = tl.minimum(binade_code + k, tl.where(saturating, SAT_CODE, MAX_CODE))
     code = tl.where(v_bits < 0, code | SIGN_BIT, code)
     code = tl.where(finite, code, 0)
     scale = tl.where(finite, s + 127, 255)
@@ -272,21 +298,16 @@ def _quantize_32x1_kernel(x_ptr, ema_ptr, y_ptr, packed_ptr, scales_ptr, rows, c
 
 @triton.jit
 def _decode(code, biased, EXP_BITS: tl.constexpr, MAN_BITS: tl.constexpr):
-    """fp32 value of 4-bit codes (int32) of the EXP_BITS/MAN_BITS format under biased E8M0 exponents (int32, 255 =
-    NaN block). A normal code's fp32 bits are its magnitude bits shifted into place plus the exponent offset;
-    subnormal codes are multiples of 2^(EMIN - MAN_BITS)."""
+    """fp32 value of codes (int32) of the EXP_BITS/MAN_BITS format under biased E8M0 exponents (int32, 255 = NaN
+    block). The code's magnitude bits shifted to the top of an fp32 mantissa form the float 2^(127 - BIAS) times
+    smaller than the value (the format's subnormals land on fp32 subnormals), so decoding is shifts, an OR for the
+    sign and two exact multiplications."""
     BIAS: tl.constexpr = (1 << (EXP_BITS - 1)) - 1
-    EMIN: tl.constexpr = 1 - BIAS
     SIGN_BIT: tl.constexpr = 1 << (EXP_BITS + MAN_BITS)
     MAX_CODE: tl.constexpr = SIGN_BIT - 1
-    magnitude = code & MAX_CODE
-    normal = ((magnitude << (23 - MAN_BITS)) + ((127 - BIAS) << 23)).to(tl.float32, bitcast=True)
-    subnormal_unit = _pow2_normal(tl.full((), EMIN - MAN_BITS, tl.int32))
-    value = tl.where(magnitude < (1 << MAN_BITS), magnitude.to(tl.float32) * subnormal_unit, normal)
-    sign = tl.where((code & SIGN_BIT) != 0, -2147483648, 0)  # set through the bits: -x compiles to 0 - x (+0.0)
-    value = (value.to(tl.int32, bitcast=True) | sign).to(tl.float32, bitcast=True)
-    value = value * _pow2(tl.minimum(biased, 254) - 127)
-    return tl.where(biased == 255, float("nan"), value)
+    bits = ((code & MAX_CODE) << (23 - MAN_BITS)) | ((code & SIGN_BIT) << (31 - EXP_BITS - MAN_BITS))
+    scale = tl.where(biased == 255, float("nan"), _pow2(tl.minimum(biased, 254) - 127))
+    return bits.to(tl.float32, bitcast=True) * (2.0**(127 - BIAS)) * scale
 
 
 @triton.jit

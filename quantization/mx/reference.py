@@ -163,10 +163,15 @@ def round_steps(av: torch.Tensor, step: torch.Tensor, rounding: str, *, uniform:
         return a.add_(_BELOW_HALF).floor_()
     if rounding == "even":
         return a.round_()
-    low = torch.floor(a)
     if rounding == "stochastic":
-        # ceil(frac - u) is 1 when u < frac, else 0 or -0: frac - u rounds to 0 only when it is 0, and low + -0 = low.
-        return a.sub_(low).sub_(uniform).ceil_().add_(low)
+        # floor(a) + (u < frac) as ceil(a - u) (+ 0 turns a -0 into 0). Bit-identical for every a in [0, 2^8) and u
+        # a multiple of 2^-16 in [0, 1): for a >= 1, a and u are multiples of g = min(ulp(a), 2^-16) and
+        # |a - u| < 2^24 g, so a - u is exact, and ceil(floor(a) + (frac - u)) with frac - u in (-1, 1) is
+        # floor(a) + 1 exactly when u < frac. For a < 1 (floor(a) = 0): u = 0 gives ceil(a); otherwise a - u is
+        # exact for u/2 <= a <= 2u (Sterbenz), rounds into [a/2, a] within (0, 1) for a > 2u (ceil 1, and u < a),
+        # and into [-u, -u/2] within (-1, 0) for a < u/2 (ceil 0, and u > a).
+        return a.sub_(uniform).ceil_().add_(0.0)
+    low = torch.floor(a)
     if rounding == "ema":
         return low.add_(ema_toward >= low.add(0.5).mul_(step))
     raise ValueError(f"unknown rounding {rounding!r}")

@@ -4,9 +4,10 @@
 numerically delicate cases of a format (ties at every grid midpoint across scales, block maxima at and next to a
 power of two, zeros and signed zeros, subnormals, huge values, NaN and Inf), followed by a tail narrower than a block;
 ``STOCHASTIC_BLOCK`` and ``max_bias_in_sigmas`` check that stochastic rounding is unbiased. ``midpoint_blocks``,
-``overflow_blocks`` and ``zero_blocks_with_ema`` hold the rounding boundaries (every grid midpoint and its one-ulp
-neighbours, rceil's saturation threshold, Q-EMA on all-zero blocks), and ``check_quantize``, ``check_both_layouts``
-and ``check_requantize`` compare a kernel on any device with the CPU reference. The test suite and
+``overflow_blocks``, ``zero_blocks_with_ema`` and ``zero_draw_case`` hold the rounding boundaries (every grid midpoint
+and its one-ulp neighbours, rceil's saturation threshold, Q-EMA on all-zero blocks, stochastic rounding of fp32
+subnormals), and ``check_quantize``, ``check_both_layouts``, ``check_requantize`` and ``check_zero_draws`` compare a
+kernel on any device with the CPU reference. The test suite and
 ``scripts/check_kernels_gpu.py`` use them.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from .formats import BLOCK_SIZE, FORMATS, LAYOUTS, ElementFormat, get_format
 from .ops import dequantize, quantize_2d, quantize_packed
-from .reference import overflow_exponent
+from .reference import overflow_exponent, uniform_from_index
 
 _INT_VIEW = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 
@@ -199,6 +200,48 @@ def zero_blocks_with_ema(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor
     ema[0, :8] = torch.tensor([2.0**-149, 2.0**-129, 2.0**-128, 1.0, 3e38, -1.0, 0.0, -0.0])
     ema[3, :4] = torch.tensor([6.0, 1.3, -1.0, 1.0])
     return x.to(dtype), ema
+
+
+def _seed_with_zero_draws(k0: int, where: torch.Tensor) -> tuple[int, int]:
+    """The first seed words (k0, k1) whose stochastic draw is exactly 0 at one of the flat indices ``where`` at least."""
+    for k1 in range(1 << 20):
+        if (uniform_from_index(where, torch.tensor([k0, k1])) == 0).any():
+            return k0, k1
+    raise AssertionError("no seed found")
+
+
+def zero_draw_case(dtype: torch.dtype) -> tuple[torch.Tensor, tuple[tuple[int, int], ...]]:
+    """Stochastic rounding where the exact result hangs on fp32 subnormals: (x, seed words for the 1x32 and 32x1
+    layouts). x is 32 x 32, 6 on the diagonal (each block's amax, scale 2^0) and elsewhere +-2^-133 .. +-2^-127,
+    whose E2M1 step multiples a = 2|x| are fp32 subnormals: each rounds up to +-0.5 exactly where its draw is 0
+    (then u = 0 < frac), which each seed makes happen somewhere off the diagonal. A kernel that flushed subnormals to
+    zero (FTZ arithmetic) would round those down. fp32 and bf16 only: fp16 holds no such tiny value."""
+    x = torch.tensor([2.0**-133, 3 * 2.0**-133, 2.0**-130, 2.0**-127]).repeat(256) * torch.tensor([1.0, -1.0]).repeat(512)
+    x = x.reshape(32, 32)
+    x.fill_diagonal_(6.0)
+    off_diagonal = (~torch.eye(32, dtype=torch.bool)).flatten().nonzero().flatten()
+    return x.to(dtype), tuple(_seed_with_zero_draws(k0, off_diagonal) for k0 in (7, 8))
+
+
+def check_zero_draws(x: torch.Tensor, seeds: tuple[tuple[int, int], ...], *, device: str = "cpu",
+                     launch: dict | None = None) -> None:
+    """``zero_draw_case``'s x through the plain quantizer in both layouts and the both-layouts kernel on ``device``,
+    e2m1 stochastic, against the CPU reference bit for bit; the reference must round the zero draws up."""
+    from . import kernels
+
+    wants = []
+    for layout, seed in zip(LAYOUTS, seeds):
+        want = quantize_2d(x, layout, "e2m1", "rceil", "stochastic", seed=torch.tensor(seed), backend="torch")[0]
+        got = quantize_2d(x.to(device), layout, "e2m1", "rceil", "stochastic", seed=torch.tensor(seed, device=device),
+                          backend="triton")[0]
+        assert_bitwise_equal(got.cpu(), want)
+        assert (want.abs() == 0.5).any(), "no subnormal rounded up: the case does not test the rounding"
+        wants.append(want)
+    got = kernels.quantize_both_layouts_2d(x.to(device), get_format("e2m1"), "rceil", "stochastic",
+                                           seeds=tuple(torch.tensor(seed, device=device) for seed in seeds),
+                                           launch=launch)
+    for values, want in zip(got, wants):
+        assert_bitwise_equal(values.cpu(), want)
 
 
 def as_layout(blocks: torch.Tensor, layout: str) -> torch.Tensor:

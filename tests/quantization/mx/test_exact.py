@@ -9,8 +9,8 @@ from quantization import FORMATS, dequantize
 from quantization.mx.formats import LAYOUTS, ROUNDINGS, SCALE_RULES
 from quantization.mx.ops import MXTensor, quantize_2d
 from quantization.mx.testing import (as_layout, assert_bitwise_equal, both_ways, check_both_layouts, check_quantize,
-                                     check_requantize, midpoint_blocks, overflow_blocks, requantize_input,
-                                     zero_blocks_with_ema)
+                                     check_requantize, check_zero_draws, midpoint_blocks, overflow_blocks,
+                                     requantize_input, zero_blocks_with_ema, zero_draw_case)
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's numpy warns on overflow
 
@@ -95,3 +95,9 @@ def test_fused_kernels_saturate_like_the_reference(dtype):
             outputs = (*check_both_layouts(both, fmt, "rceil", rounding, launch=WIDE_BAND),
                        check_requantize(packed, fmt, "rceil", rounding, launch=WIDE_BAND))
             assert all(torch.isfinite(values).all() for values in outputs), (fmt, rounding)
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_stochastic_rounding_keeps_subnormals(dtype):
+    x, seeds = zero_draw_case(dtype)
+    check_zero_draws(x, seeds, launch=WIDE_BAND)
