@@ -155,8 +155,7 @@ def _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS: tl.constexpr, MAN_BI
                    RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
     """Quantize an fp32 tile given its (broadcastable) block amax to the EXP_BITS/MAN_BITS format (``uniform``: the
     draws of stochastic rounding, ``ema``: the Q-EMA weights, each read only by its rounding). Returns
-    (dequantized magnitude, code, biased scale): the caller gives the magnitude x's sign (``_with_sign``), or the pair
-    kernels a pair's two signs in one operation. OVERFLOW_EXP: the block scale exponent at which the output dtype saturates
+    (dequantized, code, biased scale). OVERFLOW_EXP: the block scale exponent at which the output dtype saturates
     (reference.magnitude_limit). The format's constants are ElementFormat's properties, computed at compile time."""
     BIAS: tl.constexpr = (1 << (EXP_BITS - 1)) - 1
     EMIN: tl.constexpr = 1 - BIAS
@@ -201,20 +200,14 @@ def _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS: tl.constexpr, MAN_BI
     saturating = s == OVERFLOW_EXP  # per block: from 2^emax up the grid would overflow the output dtype
     grid_value = tl.minimum((k_biased - MAGIC) * step, tl.where(saturating, SAT_VALUE, MAX_VALUE))
     magnitude = grid_value * tl.where(finite, _pow2(s), float("nan"))  # a NaN block: NaN times any magnitude
+    deq = (magnitude.to(tl.int32, bitcast=True) | (v_bits & -2147483648)).to(tl.float32, bitcast=True)  # v's sign
     # The code is the grid value as a mini-float: 2^(BIAS - 127) times it (exact) has the code's bits at the top of
     # its mantissa, the format's subnormals among fp32's (_decode's inverse).
     code = (grid_value * (2.0**(BIAS - 127))).to(tl.int32, bitcast=True) >> (23 - MAN_BITS)
     code = tl.where(v_bits < 0, code | SIGN_BIT, code)
     code = tl.where(finite, code, 0)
     scale = tl.where(finite, s + 127, 255)
-    return magnitude, code, scale
-
-
-@triton.jit
-def _with_sign(magnitude, x):
-    """``magnitude`` (non-negative or NaN) with x's sign bit."""
-    return (magnitude.to(tl.int32, bitcast=True) | (x.to(tl.int32, bitcast=True) & -2147483648)).to(tl.float32,
-                                                                                                    bitcast=True)
+    return deq, code, scale
 
 
 @triton.jit
@@ -228,10 +221,10 @@ def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, 
         ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     elif ROUNDING == ROUND_STOCHASTIC:
         uniform = _uniform(offs, seed0, seed1)
-    magnitude, code, scale = _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS, MAN_BITS, RCEIL, ROUNDING,
-                                            OVERFLOW_EXP)
+    deq, code, scale = _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS, MAN_BITS, RCEIL, ROUNDING,
+                                      OVERFLOW_EXP)
     if WRITE_Y:
-        tl.store(y_ptr + offs, _to_output(_with_sign(magnitude, x), IS_BF16, y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + offs, _to_output(deq, IS_BF16, y_ptr.dtype.element_ty), mask=mask)
     return code, scale
 
 
@@ -350,8 +343,8 @@ def _dequantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, cols, pstride, scale
 
 @triton.jit
 def _load_pairs(x_ptr, pair_offs, mask, IS_BF16: tl.constexpr):
-    """Elements 2j and 2j+1 of a row (pair j) from one load of their joint bits: (the word, element 2j, element 2j+1
-    as fp32). 16-bit dtypes read 32-bit words, fp32 reads 64-bit words; bf16 widens exactly through its bits."""
+    """Elements 2j and 2j+1 of a row (pair j) as two fp32 tiles, from one load of their joint bits. 16-bit dtypes
+    read 32-bit words, fp32 reads 64-bit words; bf16 widens exactly through its bits."""
     if x_ptr.dtype.element_ty == tl.float32:
         word = tl.load(x_ptr.to(tl.pointer_type(tl.int64)) + pair_offs, mask=mask, other=0)
         low = word.to(tl.int32).to(tl.float32, bitcast=True)
@@ -364,49 +357,31 @@ def _load_pairs(x_ptr, pair_offs, mask, IS_BF16: tl.constexpr):
         else:
             low = word.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
             high = (word >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return word, low, high
+    return low, high
 
 
 @triton.jit
-def _sign_bits(word):
-    """The two sign bits of a pair word from ``_load_pairs``, in place."""
-    if word.dtype == tl.int64:
-        return word & -0x7FFFFFFF80000000  # 0x8000000080000000
-    return word & -0x7FFF8000  # 0x80008000
-
-
-@triton.jit
-def _high_halves(low, high):
-    """The word of the high 16 bits of fp32 ``low`` (in its low half) and of ``high``: one byte permute on the GPU."""
-    if NATIVE:
-        return tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,f,f", [low, high], dtype=tl.int32,
-                                         is_pure=True, pack=1)
-    else:
-        return ((low.to(tl.int32, bitcast=True) >> 16) & 0xFFFF) | (high.to(tl.int32, bitcast=True) & -65536)
-
-
-@triton.jit
-def _store_pairs(y_ptr, pair_offs, low, high, signs, mask, IS_BF16: tl.constexpr):
-    """Store fp32 tiles of elements 2j and 2j+1 as one word per pair, OR-ed with ``signs`` (``_sign_bits``, or 0): the
-    inverse of ``_load_pairs``. Values on an MX grid fit bf16 exactly, so bf16 takes the high half of the bits."""
+def _store_pairs(y_ptr, pair_offs, low, high, mask, IS_BF16: tl.constexpr):
+    """Store fp32 tiles of elements 2j and 2j+1 as one word per pair (the inverse of ``_load_pairs``; values on an
+    MX grid fit bf16 exactly, so bf16 takes the high half of the bits)."""
     if y_ptr.dtype.element_ty == tl.float32:
         word = (low.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF) | \
             (high.to(tl.int32, bitcast=True).to(tl.int64) << 32)
-        tl.store(y_ptr.to(tl.pointer_type(tl.int64)) + pair_offs, word | signs, mask=mask)
+        tl.store(y_ptr.to(tl.pointer_type(tl.int64)) + pair_offs, word, mask=mask)
     else:
         if IS_BF16:
-            word = _high_halves(low, high)
+            low_bits = (low.to(tl.int32, bitcast=True) >> 16) & 0xFFFF
+            high_bits = high.to(tl.int32, bitcast=True) >> 16
         else:
-            word = (low.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | \
-                (high.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) << 16)
-        tl.store(y_ptr.to(tl.pointer_type(tl.int32)) + pair_offs, word | signs, mask=mask)
+            low_bits = low.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+            high_bits = high.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+        tl.store(y_ptr.to(tl.pointer_type(tl.int32)) + pair_offs, low_bits | (high_bits << 16), mask=mask)
 
 
 @triton.jit
 def _quantize_pairs(low, high, amax_low, amax_high, pair, seed0, seed1, WIDE: tl.constexpr, EXP_BITS: tl.constexpr,
                     MAN_BITS: tl.constexpr, RCEIL: tl.constexpr, ROUNDING: tl.constexpr, OVERFLOW_EXP: tl.constexpr):
-    """Dequantized magnitudes of element pairs (low: element 2j of flat pair index ``pair``, high: 2j+1) given the
-    broadcast amax of
+    """Dequantized element pairs (low: element 2j of flat pair index ``pair``, high: 2j+1) given the broadcast amax of
     each one's block (_block_amax: NaN or +inf for a block that must come out NaN). Stochastic rounding takes both
     draws from one hash of the pair."""
     uniform_low = low
@@ -441,22 +416,21 @@ def _quantize_both_layouts_kernel(x_ptr, y_rows_ptr, y_cols_ptr, sums_ptr, rows,
     pair3 = pair[None, :, :]
     mask = (row3 < rows) & (pair3 < half_cols)
     pair_offs = row3 * half_cols + pair3
-    word, low, high = _load_pairs(x_ptr, pair_offs, mask, IS_BF16)
-    signs = _sign_bits(word)
+    low, high = _load_pairs(x_ptr, pair_offs, mask, IS_BF16)
     seed0, seed1 = _load_seed(seed_rows_ptr, ROUNDING)
     seed2, seed3 = _load_seed(seed_cols_ptr, ROUNDING)
     amax = _max_of_amaxes(_block_amax(low, 2), _block_amax(high, 2))[:, :, None]
     low_q, high_q = _quantize_pairs(low, high, amax, amax, pair_offs, seed0, seed1, WIDE, EXP_BITS, MAN_BITS, RCEIL,
                                     ROUNDING, OVERFLOW_EXP)
-    _store_pairs(y_rows_ptr, pair_offs, low_q, high_q, signs, mask, IS_BF16)
+    _store_pairs(y_rows_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
     amax_low = _block_amax(low, 0)[None, :, :]
     amax_high = _block_amax(high, 0)[None, :, :]
     low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, pair_offs, seed2, seed3, WIDE, EXP_BITS,
                                     MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
-    _store_pairs(y_cols_ptr, pair_offs, low_q, high_q, signs, mask, IS_BF16)
+    _store_pairs(y_cols_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
     if WRITE_SUMS:
         band_offs = _program_start(0, 1, WIDE) * half_cols + pair
-        _store_pairs(sums_ptr, band_offs, tl.sum(low, axis=0), tl.sum(high, axis=0), 0, pair < half_cols, False)
+        _store_pairs(sums_ptr, band_offs, tl.sum(low, axis=0), tl.sum(high, axis=0), pair < half_cols, False)
 
 
 @triton.jit
@@ -492,7 +466,7 @@ def _requantize_kernel(packed_ptr, scales_ptr, y_ptr, rows, half_cols, scale_str
     seed0, seed1 = _load_seed(seed_ptr, ROUNDING)
     low_q, high_q = _quantize_pairs(low, high, amax_low, amax_high, pair_offs, seed0, seed1, WIDE, EXP_BITS,
                                     MAN_BITS, RCEIL, ROUNDING, OVERFLOW_EXP)
-    _store_pairs(y_ptr, pair_offs, _with_sign(low_q, low), _with_sign(high_q, high), 0, mask, IS_BF16)
+    _store_pairs(y_ptr, pair_offs, low_q, high_q, mask, IS_BF16)
 
 
 def _wide(rows: int, cols: int) -> bool:
