@@ -12,7 +12,10 @@ def test_counts_every_kernel_and_stochastic_rounding_costs_more(tmp_path):
     out = tmp_path / "counts.json"
     subprocess.run([sys.executable, "scripts/count_kernel_instructions.py", "--json", str(out)], cwd=REPO, env=env,
                    check=True, capture_output=True, timeout=600)
-    rows = {r["kernel"]: r["per_element"] for r in json.loads(out.read_text())["rows"]}
+    table = json.loads(out.read_text())["rows"]
+    assert all(0 < r["alu_per_element"] < r["per_element"] <= r["cycles_per_32"] and 16 <= r["registers"] <= 255
+               for r in table), table
+    rows = {r["kernel"]: r["per_element"] for r in table}
     assert len(rows) == 12 and all(10 < n < 200 for n in rows.values()), rows
     for kernel in ("1x32 {} -> values", "both layouts {}", "requantize {}"):
         assert rows[kernel.format("stochastic")] > rows[kernel.format("nearest")]
