@@ -114,24 +114,20 @@ def _load_seed(seed_ptr, ROUNDING: tl.constexpr):
 
 
 @triton.jit
-def _magic_floor(t):
-    """MAGIC + floor(t), exactly, for |t| < 2^22: on the GPU one add rounding down (PTX, as libdevice's add_rd
-    flushes subnormal inputs to zero)."""
+def _magic_round(t, UP: tl.constexpr):
+    """MAGIC + ceil(t) (UP) or MAGIC + floor(t), exactly, for |t| < 2^22, never -0: on the GPU one add rounding up or
+    down, in PTX (libdevice's add_ru / add_rd flush a subnormal t to zero, which would lose a stochastic round-up)."""
     if NATIVE:
-        return tl.inline_asm_elementwise("add.rm.f32 $0, $1, 0f4B400000;", "=f,f", [t], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        if UP:
+            return tl.inline_asm_elementwise("add.rp.f32 $0, $1, 0f4B400000;", "=f,f", [t], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise("add.rm.f32 $0, $1, 0f4B400000;", "=f,f", [t], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+    elif UP:
+        return tl.ceil(t) + MAGIC
     else:
         return tl.floor(t) + MAGIC
-
-
-@triton.jit
-def _magic_ceil(t):
-    """MAGIC + ceil(t), exactly, for |t| < 2^22 (never -0): on the GPU one add rounding up, subnormal t kept."""
-    if NATIVE:
-        return tl.inline_asm_elementwise("add.rp.f32 $0, $1, 0f4B400000;", "=f,f", [t], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    else:
-        return tl.ceil(t) + MAGIC
 
 
 @triton.jit
@@ -183,10 +179,10 @@ def _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS: tl.constexpr, MAN_BI
     # k_biased = MAGIC + k, k = floor(a) + (1 if rounding up)
     if ROUNDING == ROUND_NEAREST:
         # floor(a) + (frac >= 1/2) as floor(a + 1/2 - 2^-25), exact for every a (the proof: reference.round_steps)
-        k_biased = _magic_floor(a + HALF_BELOW)
+        k_biased = _magic_round(a + HALF_BELOW, False)
     elif ROUNDING == ROUND_STOCHASTIC:
         # floor(a) + (uniform < frac) as ceil(a - uniform), exact (the proof: reference.round_steps)
-        k_biased = _magic_ceil(a - uniform)
+        k_biased = _magic_round(a - uniform, True)
     else:
         low = tl.floor(a)
         frac = a - low  # exact (floor(a + 0.5) is not: just below a = 0.5, a + 0.5 rounds up to 1)
