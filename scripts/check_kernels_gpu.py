@@ -1,6 +1,7 @@
 """GPU check: compiled Triton kernels against the PyTorch reference, bit for bit, on >= 10^7-element tensors for every
 mode (the backward pass's fused kernels included), the boundary cases of tests/quantization/mx/test_exact.py (grid
-midpoints and their one-ulp neighbours, Q-EMA on all-zero blocks, rceil saturation at the top of the dtype) against
+midpoints and their one-ulp neighbours, Q-EMA on all-zero blocks, rceil saturation at the top of the dtype,
+stochastic rounding of fp32-subnormal steps at draws of exactly 0) against
 the CPU reference, plus the statistical stochastic-rounding check and QLinear on CUDA against the CPU reference
 composition.
 
@@ -153,13 +154,6 @@ def boundary_saturation(dtype: torch.dtype) -> None:
         assert all(torch.isfinite(values).all() for values in outputs), (fmt, rule)
 
 
-def boundary_zero_draws(dtype: torch.dtype) -> None:
-    """Stochastic rounding of values whose scaled steps are fp32 subnormals, at draws of exactly 0 (FTZ would lose
-    them), through the plain and both-layouts kernels."""
-    if dtype != torch.float16:  # fp16 holds no such value
-        check_zero_draws(*zero_draw_case(dtype), device="cuda")
-
-
 def stochastic_statistics(layout: str, dtype: torch.dtype) -> None:
     draws = 1 << 16
     block = STOCHASTIC_BLOCK.to(dtype).float()  # the unit test's block, as the dtype holds it
@@ -233,8 +227,11 @@ def main() -> int:
         check(f"exact fused {fmt} {rule} {rounding} {str(dtype)[6:]}",
               lambda: fused_vs_reference(args.elements, fmt, rule, rounding, dtype), results, only)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
-        for part in (boundary_midpoints, boundary_qema_zero_blocks, boundary_saturation, boundary_zero_draws):
+        for part in (boundary_midpoints, boundary_qema_zero_blocks, boundary_saturation):
             check(f"{part.__name__.replace('_', ' ')} {str(dtype)[6:]}", lambda: part(dtype), results, only)
+    for dtype in (torch.float32, torch.bfloat16):  # fp16 holds no value whose scaled step is an fp32 subnormal
+        check(f"boundary zero draws {str(dtype)[6:]}",
+              lambda: check_zero_draws(*zero_draw_case(dtype), device="cuda"), results, only)
     for layout, dtype in itertools.product(("1x32", "32x1"), (torch.bfloat16, torch.float32)):
         check(f"stochastic statistics {layout} {str(dtype)[6:]}", lambda: stochastic_statistics(layout, dtype),
               results, only)

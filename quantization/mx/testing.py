@@ -203,7 +203,7 @@ def zero_blocks_with_ema(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _seed_with_zero_draws(k0: int, where: torch.Tensor) -> tuple[int, int]:
-    """The first seed words (k0, k1) whose stochastic draw is exactly 0 at one of the flat indices ``where`` at least."""
+    """The first seed words (k0, k1) whose stochastic draw is exactly 0 at one flat index of ``where`` at least."""
     for k1 in range(1 << 20):
         if (uniform_from_index(where, torch.tensor([k0, k1])) == 0).any():
             return k0, k1
@@ -216,8 +216,8 @@ def zero_draw_case(dtype: torch.dtype) -> tuple[torch.Tensor, tuple[tuple[int, i
     whose E2M1 step multiples a = 2|x| are fp32 subnormals: each rounds up to +-0.5 exactly where its draw is 0
     (then u = 0 < frac), which each seed makes happen somewhere off the diagonal. A kernel that flushed subnormals to
     zero (FTZ arithmetic) would round those down. fp32 and bf16 only: fp16 holds no such tiny value."""
-    x = torch.tensor([2.0**-133, 3 * 2.0**-133, 2.0**-130, 2.0**-127]).repeat(256) * torch.tensor([1.0, -1.0]).repeat(512)
-    x = x.reshape(32, 32)
+    tiny = torch.tensor([2.0**-133, 3 * 2.0**-133, 2.0**-130, 2.0**-127]).repeat(256)
+    x = (tiny * torch.tensor([1.0, -1.0]).repeat(512)).reshape(32, 32)
     x.fill_diagonal_(6.0)
     off_diagonal = (~torch.eye(32, dtype=torch.bool)).flatten().nonzero().flatten()
     return x.to(dtype), tuple(_seed_with_zero_draws(k0, off_diagonal) for k0 in (7, 8))
