@@ -21,9 +21,6 @@ ROUND_EVEN = tl.constexpr(Rounding.EVEN.value)
 ROUND_STOCHASTIC = tl.constexpr(Rounding.STOCHASTIC.value)
 ROUND_EMA = tl.constexpr(Rounding.EMA.value)
 HALF_BELOW = tl.constexpr(0.5 - 2.0**-25)  # the fp32 number below 0.5
-# 1.5 * 2^23: MAGIC + t rounded to an integer (ulp 1) is MAGIC + floor(t) or MAGIC + ceil(t) for |t| < 2^22, in one
-# add with a rounding direction instead of a float rounding instruction (a slow pipe on the GPU).
-MAGIC = tl.constexpr(12582912.0)
 # Compiled for the GPU rather than run by the CPU interpreter, which cannot run the inline PTX of directed rounding.
 NATIVE = tl.constexpr(not triton_interpreted())
 # Launch shapes picked by scripts/bench_quant.py --sweep on a 50432x384 bf16 tensor, replayed from CUDA graphs on
@@ -72,33 +69,46 @@ def _to_output(value, IS_BF16: tl.constexpr, out_dtype: tl.constexpr):
 
 
 @triton.jit
-def _fmix32(h):
-    h = h ^ (h >> 16)
-    h = h * 0x85EBCA6B
-    h = h ^ (h >> 13)
-    h = h * 0xC2B2AE35
-    return h ^ (h >> 16)
+def _fold(h, FACTOR: tl.constexpr):
+    """The low and high words of the 64-bit product h * FACTOR (uint32 h), xor-ed: one wide multiply (the FMA pipe)
+    and one logic operation."""
+    product = h.to(tl.uint64) * FACTOR
+    return product.to(tl.uint32) ^ (product >> 32).to(tl.uint32)
 
 
 @triton.jit
 def _pair_hash(pair, seed0, seed1):
     """The 32-bit hash of element pair ``pair`` (uint32) that reference.uniform_from_index splits into two draws."""
-    return _fmix32((pair ^ seed0) * 0x9E3779B1 + seed1)
+    return _fold(_fold((pair ^ seed0) * 0x9E3779B1 + seed1, 0x85EBCA6B), 0xC2B2AE35)
 
 
 @triton.jit
-def _half_uniform(bits16):
-    """A draw of reference.uniform_from_index from its 16 bits (a uint32 below 2^16): 2^23 + bits16 is the float
-    with those mantissa bits, so the draw takes an OR and a subtraction instead of a conversion."""
-    return ((bits16 | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0) * (1.0 / 65536.0)
+def _draw_word(h, HIGH: tl.constexpr):
+    """The fp32 bits of 2^23 + the low or high 16 bits of the hash h (uint32): one byte permute or shift-add."""
+    if HIGH:
+        return (h >> 16) | 0x4B000000
+    elif NATIVE:
+        return tl.inline_asm_elementwise("prmt.b32 $0, $1, 0x4B000000, 0x7610;", "=r,r", [h], dtype=tl.uint32,
+                                         is_pure=True, pack=1)
+    else:
+        return (h & 0xFFFF) | 0x4B000000
 
 
 @triton.jit
-def _uniform(index, seed0, seed1):
-    """reference.uniform_from_index of single elements: the hash of the element's pair, low or high half."""
+def _scaled_uniform(word, MAN_BITS: tl.constexpr):
+    """A draw u of reference.uniform_from_index from its _draw_word, times the grid step's 2^-MAN_BITS (what
+    _quantize_tile subtracts): (2^23 + bits) * 2^(-16 - MAN_BITS) - 2^(7 - MAN_BITS), one fused multiply-add with
+    both steps exact, instead of a conversion."""
+    return word.to(tl.float32, bitcast=True) * 2.0**(-16 - MAN_BITS) - 2.0**(7 - MAN_BITS)
+
+
+@triton.jit
+def _uniform(index, seed0, seed1, MAN_BITS: tl.constexpr):
+    """reference.uniform_from_index of single elements (times 2^-MAN_BITS): the hash of the element's pair, low or
+    high half."""
     index = index.to(tl.uint32)
     h = _pair_hash(index >> 1, seed0, seed1)
-    return _half_uniform((h >> ((index & 1) * 16)) & 0xFFFF)
+    return _scaled_uniform(((h >> ((index & 1) * 16)) & 0xFFFF) | 0x4B000000, MAN_BITS)
 
 
 @triton.jit
@@ -114,20 +124,28 @@ def _load_seed(seed_ptr, ROUNDING: tl.constexpr):
 
 
 @triton.jit
-def _magic_round(t, UP: tl.constexpr):
-    """MAGIC + ceil(t) (UP) or MAGIC + floor(t), exactly, for |t| < 2^22, never -0: on the GPU one add rounding up or
-    down, in PTX (libdevice's add_ru / add_rd flush a subnormal t to zero, which would lose a stochastic round-up)."""
+def _round_to_step(t, binade_bits, MAN_BITS: tl.constexpr, UP: tl.constexpr):
+    """t rounded up (UP) or down to a multiple of the grid step 2^(binade - MAN_BITS) (binade_bits: 2^binade's fp32
+    bits), exactly, for |t| < 2^(binade + 22 - MAN_BITS), never -0. On the GPU this is one add rounding up or down,
+    t + 1.5 * 2^23 * step, whose ulp is the step, and the subtraction of that constant (exact), in PTX: libdevice's
+    add_ru / add_rd flush a subnormal t to zero, which would lose a stochastic round-up. The CPU interpreter cannot
+    run inline PTX: it takes the floor or ceiling of t / step (exact for the t that _quantize_tile forms)."""
     if NATIVE:
+        magic = binade_bits.to(tl.float32, bitcast=True) * (1.5 * 2.0**(23 - MAN_BITS))  # exact; the FMA pipe
         if UP:
-            return tl.inline_asm_elementwise("add.rp.f32 $0, $1, 0f4B400000;", "=f,f", [t], dtype=tl.float32,
-                                             is_pure=True, pack=1)
+            rounded = tl.inline_asm_elementwise("add.rp.f32 $0, $1, $2;", "=f,f,f", [t, magic], dtype=tl.float32,
+                                                is_pure=True, pack=1)
         else:
-            return tl.inline_asm_elementwise("add.rm.f32 $0, $1, 0f4B400000;", "=f,f", [t], dtype=tl.float32,
-                                             is_pure=True, pack=1)
-    elif UP:
-        return tl.ceil(t) + MAGIC
+            rounded = tl.inline_asm_elementwise("add.rm.f32 $0, $1, $2;", "=f,f,f", [t, magic], dtype=tl.float32,
+                                                is_pure=True, pack=1)
+        return rounded - magic
     else:
-        return tl.floor(t) + MAGIC
+        inverse_step = (((254 + MAN_BITS) << 23) - binade_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
+        step = binade_bits.to(tl.float32, bitcast=True) * (2.0**-MAN_BITS)
+        if UP:
+            return tl.ceil(t * inverse_step) * step + 0.0
+        else:
+            return tl.floor(t * inverse_step) * step
 
 
 @triton.jit
@@ -172,18 +190,20 @@ def _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS: tl.constexpr, MAN_BI
     av = tl.abs(v)
     # 2^binade as fp32 bits: the element's binade, or emin's below it. No clamp at emax is needed: a finite block's
     # |v| < 2^(emax+1) (the reference clamps; a non-finite block's values are replaced by NaN below).
-    binade_bits = tl.maximum(av.to(tl.int32, bitcast=True) & 0x7F800000, (EMIN + 127) << 23)
-    step = binade_bits.to(tl.float32, bitcast=True) * (2.0**-MAN_BITS)
-    # |v| / step, exact; 2^(MAN_BITS - binade) in unsigned arithmetic (the constant passes 2^31 for MAN_BITS >= 2)
-    a = av * (((254 + MAN_BITS) << 23) - binade_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
-    # k_biased = MAGIC + k, k = floor(a) + (1 if rounding up)
+    binade_bits = tl.maximum(v_bits & 0x7F800000, (EMIN + 127) << 23)
+    binade = binade_bits.to(tl.float32, bitcast=True)
+    # The rounding works on |v| in units of the step: the same operations as reference.round_steps on |v| / step,
+    # scaled by the step, a power of two, so every result is the same (none of them is subnormal but where exact).
     if ROUNDING == ROUND_NEAREST:
-        # floor(a) + (frac >= 1/2) as floor(a + 1/2 - 2^-25), exact for every a (the proof: reference.round_steps)
-        k_biased = _magic_round(a + HALF_BELOW, False)
+        # down(|v| + step * (1/2 - 2^-25)) is a grid value up from frac >= 1/2, exactly (reference.round_steps)
+        grid_value = _round_to_step(av + binade * (HALF_BELOW * 2.0**-MAN_BITS), binade_bits, MAN_BITS, False)
     elif ROUNDING == ROUND_STOCHASTIC:
-        # floor(a) + (uniform < frac) as ceil(a - uniform), exact (the proof: reference.round_steps)
-        k_biased = _magic_round(a - uniform, True)
+        # up(|v| - step * uniform), uniform arriving times 2^-MAN_BITS: up with probability frac (round_steps)
+        grid_value = _round_to_step(av - uniform * binade, binade_bits, MAN_BITS, True)
     else:
+        step = binade * (2.0**-MAN_BITS)
+        # |v| / step, exact; 2^(MAN_BITS - binade) in unsigned arithmetic (the constant passes 2^31 for MAN_BITS >= 2)
+        a = av * (((254 + MAN_BITS) << 23) - binade_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
         low = tl.floor(a)
         frac = a - low  # exact (floor(a + 0.5) is not: just below a = 0.5, a + 0.5 rounds up to 1)
         if ROUNDING == ROUND_EVEN:
@@ -192,9 +212,9 @@ def _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS: tl.constexpr, MAN_BI
         else:  # ROUND_EMA; an all-zero block stays zero
             sign = tl.where(v_bits < 0, -1.0, 1.0)
             up = sign * tl.where(amax > 0, ema * _pow2(-s), 0.0) >= (low + 0.5) * step
-        k_biased = low + up.to(tl.float32) + MAGIC
+        grid_value = (low + up.to(tl.float32)) * step
     saturating = s == OVERFLOW_EXP  # per block: from 2^emax up the grid would overflow the output dtype
-    grid_value = tl.minimum((k_biased - MAGIC) * step, tl.where(saturating, SAT_VALUE, MAX_VALUE))
+    grid_value = tl.minimum(grid_value, tl.where(saturating, SAT_VALUE, MAX_VALUE))
     magnitude = grid_value * tl.where(finite, _pow2(s), float("nan"))  # a NaN block: NaN times any magnitude
     deq = (magnitude.to(tl.int32, bitcast=True) | (v_bits & -2147483648)).to(tl.float32, bitcast=True)  # v's sign
     # The code is the grid value as a mini-float: 2^(BIAS - 127) times it (exact) has the code's bits at the top of
@@ -216,7 +236,7 @@ def _round_and_store(x, amax, finite, offs, mask, ema_ptr, y_ptr, seed0, seed1, 
     if ROUNDING == ROUND_EMA:
         ema = tl.load(ema_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     elif ROUNDING == ROUND_STOCHASTIC:
-        uniform = _uniform(offs, seed0, seed1)
+        uniform = _uniform(offs, seed0, seed1, MAN_BITS)
     deq, code, scale = _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS, MAN_BITS, RCEIL, ROUNDING,
                                       OVERFLOW_EXP)
     if WRITE_Y:
@@ -365,13 +385,18 @@ def _store_pairs(y_ptr, pair_offs, low, high, mask, IS_BF16: tl.constexpr):
             (high.to(tl.int32, bitcast=True).to(tl.int64) << 32)
         tl.store(y_ptr.to(tl.pointer_type(tl.int64)) + pair_offs, word, mask=mask)
     else:
-        if IS_BF16:
-            low_bits = (low.to(tl.int32, bitcast=True) >> 16) & 0xFFFF
-            high_bits = high.to(tl.int32, bitcast=True) >> 16
+        if IS_BF16 and NATIVE:  # the high halves of both words in one byte permute
+            word = tl.inline_asm_elementwise("prmt.b32 $0, $1, $2, 0x7632;", "=r,r,r", [low, high], dtype=tl.int32,
+                                             is_pure=True, pack=1)
         else:
-            low_bits = low.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
-            high_bits = high.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
-        tl.store(y_ptr.to(tl.pointer_type(tl.int32)) + pair_offs, low_bits | (high_bits << 16), mask=mask)
+            if IS_BF16:
+                low_bits = (low.to(tl.int32, bitcast=True) >> 16) & 0xFFFF
+                high_bits = high.to(tl.int32, bitcast=True) >> 16
+            else:
+                low_bits = low.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+                high_bits = high.to(tl.float16).to(tl.int16, bitcast=True).to(tl.int32)
+            word = low_bits | (high_bits << 16)
+        tl.store(y_ptr.to(tl.pointer_type(tl.int32)) + pair_offs, word, mask=mask)
 
 
 @triton.jit
@@ -386,8 +411,8 @@ def _quantize_pairs(low, high, amax_low, amax_high, pair, seed0, seed1, WIDE: tl
         if WIDE:  # the element index wraps mod 2^32, so the pair index mod 2^31
             pair = pair & 0x7FFFFFFF
         h = _pair_hash(pair.to(tl.uint32), seed0, seed1)
-        uniform_low = _half_uniform(h & 0xFFFF)
-        uniform_high = _half_uniform(h >> 16)
+        uniform_low = _scaled_uniform(_draw_word(h, False), MAN_BITS)
+        uniform_high = _scaled_uniform(_draw_word(h, True), MAN_BITS)
     low_q, _, _ = _quantize_tile(low, amax_low, amax_low < float("inf"), uniform_low, low, EXP_BITS, MAN_BITS, RCEIL,
                                  ROUNDING, OVERFLOW_EXP)
     high_q, _, _ = _quantize_tile(high, amax_high, amax_high < float("inf"), uniform_high, high, EXP_BITS, MAN_BITS,

@@ -28,10 +28,9 @@ def _int32(value: int) -> torch.Tensor:
 
 _SIGN = _int32(0x80000000)  # fp32 sign bit
 _EXPONENT = _int32(0x7F800000)  # fp32 exponent field
-_MIX1 = _int32(0x85EBCA6B)
-_MIX2 = _int32(0xC2B2AE35)
 _GOLDEN = _int32(0x9E3779B1)  # odd: multiplying by it is a bijection of the 32-bit words
-_SHIFTS = {k: (_int32(k), _int32((1 << (32 - k)) - 1)) for k in (1, 13, 16)}  # k, mask of a logical shift by k
+_FOLD_FACTORS = (torch.tensor(0x85EBCA6B), torch.tensor(0xC2B2AE35))  # int64: the 64-bit products of the hash
+_WORD, _WORD_BITS = torch.tensor(0xFFFFFFFF), torch.tensor(32)
 _ONE, _HALF_WORD = _int32(1), _int32(16)
 _LOW_HALF = _int32(0xFFFF)
 _BELOW_HALF = torch.tensor(0.5 - 2.0**-25)  # the fp32 just below 1/2
@@ -87,41 +86,38 @@ def _code_limit(s: torch.Tensor, fmt: ElementFormat, dtype: torch.dtype) -> torc
     return torch.where(s == overflow_exponent(fmt, dtype), fmt.saturation_code, fmt.max_code).to(torch.int32)
 
 
-def _xorshift_(h: torch.Tensor, k: int, scratch: torch.Tensor) -> torch.Tensor:
-    """h ^= h >>> k in place (a logical shift of the 32-bit word: torch's >> on int32 is arithmetic)."""
-    shift, mask = _SHIFTS[k]
-    return h.bitwise_xor_(torch.bitwise_right_shift(h, shift, out=scratch).bitwise_and_(mask))
-
-
-def _fmix32_middle_(h: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finalizer without its first and last h ^= h >>> 16, in place on int32 words:
-    h *= 0x85EBCA6B; h ^= h >>> 13; h *= 0xC2B2AE35 (torch's int32 multiply wraps mod 2^32)."""
-    return _xorshift_(h.mul_(_MIX1), 13, scratch).mul_(_MIX2)
+def _fold_(h: torch.Tensor, factor: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """h = low word ^ high word of the 64-bit product h * factor, in place on int64 tensors holding 32-bit words
+    (the product of two such words is below 2^64; torch's int64 multiply keeps its low 64 bits)."""
+    h.mul_(factor)
+    torch.bitwise_right_shift(h, _WORD_BITS, out=scratch).bitwise_and_(_WORD)
+    return h.bitwise_and_(_WORD).bitwise_xor_(scratch)
 
 
 def _uniform_(h: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """``uniform_from_index`` of the int32 indices h, computed in h's storage (returned as an fp32 view of it)."""
-    scratch = torch.empty_like(h)
+    """``uniform_from_index`` of the int32 indices h (h is overwritten)."""
     half_shift = torch.bitwise_and(h, _ONE).mul_(_HALF_WORD)  # 0 for an even index, 16 for an odd one
-    shift, mask = _SHIFTS[1]
-    torch.bitwise_right_shift(h, shift, out=h).bitwise_and_(mask)  # the pair's index, index >>> 1
-    h.bitwise_xor_(seed[0].to(torch.int32)).mul_(_GOLDEN).add_(seed[1].to(torch.int32))  # int32 wraps mod 2^32
-    _xorshift_(h, 16, scratch)
-    _xorshift_(_fmix32_middle_(h, scratch), 16, scratch)
-    draws = torch.bitwise_right_shift(h, half_shift, out=scratch).bitwise_and_(_LOW_HALF)
-    return h.view(torch.float32).copy_(draws).mul_(_INV_2_16)
+    pair = torch.bitwise_right_shift(h, _ONE, out=h).bitwise_and_(_int32(0x7FFFFFFF))  # index >>> 1
+    pair.bitwise_xor_(seed[0].to(torch.int32)).mul_(_GOLDEN).add_(seed[1].to(torch.int32))  # int32 wraps mod 2^32
+    word = pair.to(torch.int64).bitwise_and_(_WORD)
+    scratch = torch.empty_like(word)
+    for factor in _FOLD_FACTORS:
+        _fold_(word, factor, scratch)
+    draws = torch.bitwise_right_shift(word, half_shift, out=scratch).bitwise_and_(_LOW_HALF)
+    return draws.to(torch.float32).mul_(_INV_2_16)
 
 
 def uniform_from_index(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Counter-based uniform numbers in [0, 1) (16 bits) from a flat element index and a two-word seed (an integer
     tensor of two words on index's device, read there: no host value).
 
-    Elements 2j and 2j+1 share one hash of their pair index j: h = fmix32((j ^ k0) * 0x9E3779B1 + k1), with 32-bit
-    wrap-around arithmetic and fmix32 MurmurHash3's finalizer; element 2j takes its low 16 bits, 2j+1 its high 16
-    bits, u = bits * 2^-16. For a given seed the map from pair index to hash is a bijection of the 32-bit words, so
-    no two of 2^32 elements share a draw, and a change of either seed word changes the finalizer's input, whose
-    avalanche decorrelates the draws. One hash per two draws halves the kernels' cost of the stream. The Triton
-    kernels compute the same, so stochastic rounding is reproducible and identical on both backends.
+    Elements 2j and 2j+1 share one hash of their pair index j: h = fold(fold((j ^ k0) * 0x9E3779B1 + k1,
+    0x85EBCA6B), 0xC2B2AE35) in 32-bit wrap-around arithmetic, where fold(h, c) xors the low and the high word of
+    the 64-bit product h * c (a multiply-fold mixer: one wide multiply and one xor, where an xor-shift round takes
+    two integer operations); element 2j takes its low 16 bits, 2j+1 its high 16 bits, u = bits * 2^-16. The first
+    step is a bijection of the pair index for a given seed; the folds mix every input bit into the high bits and
+    those back into the low ones. One hash per two draws halves the kernels' cost of the stream. The Triton kernels
+    compute the same, so stochastic rounding is reproducible and identical on both backends.
     """
     return _uniform_(index.to(torch.int32, copy=True), seed)  # int64 indices wrap mod 2^32
 

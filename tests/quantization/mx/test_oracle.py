@@ -2,7 +2,7 @@
 
 The reference is written for CPU speed (bit tricks, in-place arithmetic, a rewritten hash); the oracle here follows
 the specification in docs/numerics.md literally: exact float64 arithmetic on the fp32 inputs (frexp for exponents,
-floor and comparisons for rounding, a table lookup for codes), MurmurHash3's fmix32 on uint32 for the stochastic
+floor and comparisons for rounding, a table lookup for codes), the multiply-fold hash on uint64 for the stochastic
 draws, rceil's saturation as "no grid value whose scaled value overflows the dtype" and Q-EMA ignoring the EMA of an
 all-zero block.
 """
@@ -24,18 +24,17 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 ROUNDINGS = ("nearest", "even", "stochastic", "ema")
 
 
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    h = h ^ (h >> 16)
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
+def _fold(h: np.ndarray, factor: int) -> np.ndarray:
+    """Low word xor high word of the 64-bit product of uint32 words (exact in uint64)."""
+    product = h.astype(np.uint64) * np.uint64(factor)
+    return ((product & np.uint64(0xFFFFFFFF)) ^ (product >> np.uint64(32))).astype(np.uint32)
 
 
 def oracle_uniform(index: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
     index = index.astype(np.uint32)
     with np.errstate(over="ignore"):
-        h = _fmix32(((index >> 1) ^ np.uint32(seed[0])) * np.uint32(0x9E3779B1) + np.uint32(seed[1]))
+        h = ((index >> 1) ^ np.uint32(seed[0] % 2**32)) * np.uint32(0x9E3779B1) + np.uint32(seed[1] % 2**32)
+    h = _fold(_fold(h, 0x85EBCA6B), 0xC2B2AE35)
     return np.where(index % 2 == 1, h >> 16, h % 65536).astype(np.float64) * 2.0**-16
 
 
@@ -205,7 +204,7 @@ def test_round_scaled_matches_oracle_with_limits_inf_and_nan(rounding):
         assert_bitwise_equal(got, torch.from_numpy(want).float())
 
 
-def test_uniform_matches_fmix32():
+def test_uniform_matches_the_multiply_fold_hash():
     index = torch.cat([torch.arange(5000), torch.tensor([2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**40 + 7])])
     for seed in [(0, 0), (1, 1), (2**31 - 2, 11), (0xFFFFFFFF, 0x80000000)]:
         want = torch.from_numpy(oracle_uniform(index.numpy(), seed)).float()
