@@ -94,17 +94,38 @@ def _fold_(h: torch.Tensor, factor: torch.Tensor, scratch: torch.Tensor) -> torc
     return h.bitwise_and_(_WORD).bitwise_xor_(scratch)
 
 
-def _uniform_(h: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-    """``uniform_from_index`` of the int32 indices h (h is overwritten)."""
-    half_shift = torch.bitwise_and(h, _ONE).mul_(_HALF_WORD)  # 0 for an even index, 16 for an odd one
-    pair = torch.bitwise_right_shift(h, _ONE, out=h).bitwise_and_(_int32(0x7FFFFFFF))  # index >>> 1
+def _pair_hash_(pair: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """The 32-bit hashes of the int32 pair indices ``pair`` (overwritten), as int64 words (``uniform_from_index``)."""
     pair.bitwise_xor_(seed[0].to(torch.int32)).mul_(_GOLDEN).add_(seed[1].to(torch.int32))  # int32 wraps mod 2^32
     word = pair.to(torch.int64).bitwise_and_(_WORD)
     scratch = torch.empty_like(word)
     for factor in _FOLD_FACTORS:
         _fold_(word, factor, scratch)
-    draws = torch.bitwise_right_shift(word, half_shift, out=scratch).bitwise_and_(_LOW_HALF)
+    return word
+
+
+def _uniform_(h: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """``uniform_from_index`` of the int32 indices h (h is overwritten)."""
+    half_shift = torch.bitwise_and(h, _ONE).mul_(_HALF_WORD)  # 0 for an even index, 16 for an odd one
+    pair = torch.bitwise_right_shift(h, _ONE, out=h).bitwise_and_(_int32(0x7FFFFFFF))  # index >>> 1
+    word = _pair_hash_(pair, seed)
+    draws = torch.bitwise_right_shift(word, half_shift.to(torch.int64)).bitwise_and_(_LOW_HALF)
     return draws.to(torch.float32).mul_(_INV_2_16)
+
+
+def _flat_uniform(rows: int, cols: int, seed: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``uniform_from_index`` of the row-major flat indices of a (rows, cols) tensor, from one hash per element
+    pair: the hash's low and high 16 bits are the two int16 halves of its 32-bit word, in element order on a
+    little-endian machine (as every machine torch runs on)."""
+    count = rows * cols
+    pairs = (count + 1) // 2
+    if pairs <= 2**31:
+        index = torch.arange(pairs, dtype=torch.int32, device=device)
+    else:  # the element index wraps mod 2^32, so the pair index mod 2^31
+        index = torch.arange(pairs, device=device).bitwise_and_(0x7FFFFFFF).to(torch.int32)
+    halves = _pair_hash_(index, seed).to(torch.int32).view(torch.int16)[:count]
+    draws = halves.to(torch.int32).bitwise_and_(_LOW_HALF)
+    return draws.to(torch.float32).mul_(_INV_2_16).view(rows, cols)
 
 
 def uniform_from_index(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
@@ -120,14 +141,6 @@ def uniform_from_index(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     compute the same, so stochastic rounding is reproducible and identical on both backends.
     """
     return _uniform_(index.to(torch.int32, copy=True), seed)  # int64 indices wrap mod 2^32
-
-
-def _flat_index(rows: int, cols: int, device: torch.device) -> torch.Tensor:
-    """Row-major element index of a (rows, cols) tensor as int32 words (the index mod 2^32, as the hash takes it)."""
-    count = rows * cols
-    if count <= 2**31:
-        return torch.arange(count, dtype=torch.int32, device=device).view(rows, cols)
-    return torch.arange(count, device=device).to(torch.int32).view(rows, cols)
 
 
 def binade_step(av: torch.Tensor, fmt: ElementFormat) -> torch.Tensor:
@@ -271,7 +284,7 @@ def quantize_unpacked(
     av.nan_to_num_(0.0, 0.0).mul_(inverse)  # |x| / 2^s
     uniform = ema_toward = None
     if rounding == "stochastic":
-        uniform = _blocked(_uniform_(_flat_index(rows, cols, x2d.device), seed), layout)
+        uniform = _blocked(_flat_uniform(rows, cols, seed, x2d.device), layout)
     elif rounding == "ema":
         if ema2d is None:
             raise ValueError("rounding='ema' needs the EMA tensor (ema=...)")
