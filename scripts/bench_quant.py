@@ -4,7 +4,8 @@
    measured in the same run, on a DeiT-S activation (256 x 197 tokens x 384, bf16), launched eagerly and replayed
    from a CUDA graph (the kernel alone: at tens of microseconds a kernel, an eager launch can cost more than it).
 2. QLinear forward+backward (bf16 autocast, fp32 master weights) against a BF16 nn.Linear for the DeiT-S shapes
-   (tokens = 256 x 197; qkv 384->1152, proj 384->384, fc1 384->1536, fc2 1536->384).
+   (tokens = 256 x 197; qkv 384->1152, proj 384->384, fc1 384->1536, fc2 1536->384), launched eagerly and replayed
+   from a CUDA graph.
 
 Usage: python scripts/bench_quant.py [--json out.json] [--sweep]
 """
@@ -108,13 +109,16 @@ def print_quantizer_rows(rows: list[dict], shape: tuple[int, ...]) -> None:
 
 
 def linear_rows() -> list[dict]:
-    """QLinear (tetrajet, microscaling) fwd+bwd time against BF16 nn.Linear, per DeiT-S shape and in total."""
+    """QLinear (tetrajet, microscaling) fwd+bwd time against BF16 nn.Linear, per DeiT-S shape and in total:
+    launched eagerly (``*_ms``, the host's launch cost included) and replayed from a CUDA graph (``*_graph_ms``,
+    the GPU work alone, as in a graphed training step)."""
+    recipes = ("bf16", "tetrajet", "microscaling")
     rows, totals = [], {}
     for name, (d_in, d_out) in DEIT_S_SHAPES.items():
         x = torch.randn(TOKENS, d_in, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         dy = torch.randn(TOKENS, d_out, device="cuda", dtype=torch.bfloat16)
         times = {}
-        for recipe in ("bf16", "tetrajet", "microscaling"):
+        for recipe in recipes:
             layer = QLinear(d_in, d_out, recipe=recipe).cuda()
 
             def step():
@@ -125,14 +129,16 @@ def linear_rows() -> list[dict]:
                 layer.weight.grad = None
                 layer.bias.grad = None
 
-            times[recipe] = bench_ms(step)
-            totals[recipe] = totals.get(recipe, 0.0) + times[recipe]
-        rows.append(dict(shape=f"{name} {d_in}->{d_out}", **{f"{k}_ms": v for k, v in times.items()},
-                         tetrajet_ratio=times["tetrajet"] / times["bf16"],
-                         microscaling_ratio=times["microscaling"] / times["bf16"]))
-    rows.append(dict(shape="all four", **{f"{k}_ms": v for k, v in totals.items()},
-                     tetrajet_ratio=totals["tetrajet"] / totals["bf16"],
-                     microscaling_ratio=totals["microscaling"] / totals["bf16"]))
+            times[f"{recipe}_ms"] = bench_ms(step)
+            times[f"{recipe}_graph_ms"] = graph_ms(step)
+        for key, value in times.items():
+            totals[key] = totals.get(key, 0.0) + value
+        rows.append(dict(shape=f"{name} {d_in}->{d_out}", **times))
+    rows.append(dict(shape="all four", **totals))
+    for row in rows:
+        for recipe in recipes[1:]:
+            row[f"{recipe}_ratio"] = row[f"{recipe}_ms"] / row["bf16_ms"]
+            row[f"{recipe}_graph_ratio"] = row[f"{recipe}_graph_ms"] / row["bf16_graph_ms"]
     return rows
 
 
@@ -253,10 +259,13 @@ def main() -> None:
     print_quantizer_rows(result["kernels"], tuple(x.shape))
     result["linear"] = linear_rows()
     print(f"\nQLinear fwd+bwd, tokens {TOKENS}, bf16 autocast")
-    print(f"{'shape':18s} {'bf16 ms':>8s} {'tetrajet':>9s} {'ratio':>6s} {'microsc.':>9s} {'ratio':>6s}")
-    for r in result["linear"]:
-        print(f"{r['shape']:18s} {r['bf16_ms']:8.3f} {r['tetrajet_ms']:9.3f} {r['tetrajet_ratio']:6.2f} "
-              f"{r['microscaling_ms']:9.3f} {r['microscaling_ratio']:6.2f}")
+    for suffix, how in (("", "launched eagerly"), ("_graph", "replayed from a CUDA graph")):
+        print(how)
+        print(f"{'shape':18s} {'bf16 ms':>8s} {'tetrajet':>9s} {'ratio':>6s} {'microsc.':>9s} {'ratio':>6s}")
+        for r in result["linear"]:
+            print(f"{r['shape']:18s} {r[f'bf16{suffix}_ms']:8.3f} {r[f'tetrajet{suffix}_ms']:9.3f} "
+                  f"{r[f'tetrajet{suffix}_ratio']:6.2f} {r[f'microscaling{suffix}_ms']:9.3f} "
+                  f"{r[f'microscaling{suffix}_ratio']:6.2f}")
     result["host_overhead_us"] = host_overhead_us()
     print("\nhost-side cost per call (tiny tensors)")
     for name, us in result["host_overhead_us"].items():
