@@ -21,7 +21,8 @@ ROUND_EVEN = tl.constexpr(Rounding.EVEN.value)
 ROUND_STOCHASTIC = tl.constexpr(Rounding.STOCHASTIC.value)
 ROUND_EMA = tl.constexpr(Rounding.EMA.value)
 HALF_BELOW = tl.constexpr(0.5 - 2.0**-25)  # the fp32 number below 0.5
-# Compiled for the GPU rather than run by the CPU interpreter, which cannot run the inline PTX of directed rounding.
+# Compiled for the GPU rather than run by the CPU interpreter, which cannot run inline PTX (directed rounding, byte
+# permutes).
 NATIVE = tl.constexpr(not triton_interpreted())
 # Launch shapes picked by scripts/bench_quant.py --sweep on a 50432x384 bf16 tensor, replayed from CUDA graphs on
 # the H200: 1x32 tiles of 64 blocks x 32 elements with 2 warps; the backward pass's fused kernels (stochastic) on
@@ -124,12 +125,19 @@ def _load_seed(seed_ptr, ROUNDING: tl.constexpr):
 
 
 @triton.jit
+def _inverse_step(binade_bits, MAN_BITS: tl.constexpr):
+    """1 / step = 2^(MAN_BITS - binade) from 2^binade's fp32 bits, in unsigned arithmetic (the constant passes 2^31
+    for MAN_BITS >= 2)."""
+    return (((254 + MAN_BITS) << 23) - binade_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _round_to_step(t, binade_bits, MAN_BITS: tl.constexpr, UP: tl.constexpr):
     """t rounded up (UP) or down to a multiple of the grid step 2^(binade - MAN_BITS) (binade_bits: 2^binade's fp32
     bits), exactly, for |t| < 2^(binade + 22 - MAN_BITS), never -0. On the GPU this is one add rounding up or down,
     t + 1.5 * 2^23 * step, whose ulp is the step, and the subtraction of that constant (exact), in PTX: libdevice's
-    add_ru / add_rd flush a subnormal t to zero, which would lose a stochastic round-up. The CPU interpreter cannot
-    run inline PTX: it takes the floor or ceiling of t / step (exact for the t that _quantize_tile forms)."""
+    add_ru / add_rd flush a subnormal t to zero, which would lose a stochastic round-up. The CPU interpreter takes
+    the floor or ceiling of t / step instead (exact for the t that _quantize_tile forms)."""
     if NATIVE:
         magic = binade_bits.to(tl.float32, bitcast=True) * (1.5 * 2.0**(23 - MAN_BITS))  # exact; the FMA pipe
         if UP:
@@ -140,12 +148,11 @@ def _round_to_step(t, binade_bits, MAN_BITS: tl.constexpr, UP: tl.constexpr):
                                                 is_pure=True, pack=1)
         return rounded - magic
     else:
-        inverse_step = (((254 + MAN_BITS) << 23) - binade_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
         step = binade_bits.to(tl.float32, bitcast=True) * (2.0**-MAN_BITS)
         if UP:
-            return tl.ceil(t * inverse_step) * step + 0.0
+            return tl.ceil(t * _inverse_step(binade_bits, MAN_BITS)) * step + 0.0
         else:
-            return tl.floor(t * inverse_step) * step
+            return tl.floor(t * _inverse_step(binade_bits, MAN_BITS)) * step
 
 
 @triton.jit
@@ -192,18 +199,17 @@ def _quantize_tile(x, amax, finite, uniform, ema, EXP_BITS: tl.constexpr, MAN_BI
     # |v| < 2^(emax+1) (the reference clamps; a non-finite block's values are replaced by NaN below).
     binade_bits = tl.maximum(v_bits & 0x7F800000, (EMIN + 127) << 23)
     binade = binade_bits.to(tl.float32, bitcast=True)
-    # The rounding works on |v| in units of the step: the same operations as reference.round_steps on |v| / step,
-    # scaled by the step, a power of two, so every result is the same (none of them is subnormal but where exact).
+    # Nearest and stochastic rounding work on |v| itself: reference.round_steps' operations on a = |v| / step, scaled
+    # by the step (a power of two), so the same bits (an intermediate is subnormal only where it is exact).
     if ROUNDING == ROUND_NEAREST:
-        # down(|v| + step * (1/2 - 2^-25)) is a grid value up from frac >= 1/2, exactly (reference.round_steps)
+        # |v| + step * (1/2 - 2^-25) rounded down to the step: the grid value above |v| iff frac >= 1/2 (round_steps)
         grid_value = _round_to_step(av + binade * (HALF_BELOW * 2.0**-MAN_BITS), binade_bits, MAN_BITS, False)
     elif ROUNDING == ROUND_STOCHASTIC:
         # up(|v| - step * uniform), uniform arriving times 2^-MAN_BITS: up with probability frac (round_steps)
         grid_value = _round_to_step(av - uniform * binade, binade_bits, MAN_BITS, True)
     else:
         step = binade * (2.0**-MAN_BITS)
-        # |v| / step, exact; 2^(MAN_BITS - binade) in unsigned arithmetic (the constant passes 2^31 for MAN_BITS >= 2)
-        a = av * (((254 + MAN_BITS) << 23) - binade_bits.to(tl.uint32)).to(tl.float32, bitcast=True)
+        a = av * _inverse_step(binade_bits, MAN_BITS)  # |v| / step, exact
         low = tl.floor(a)
         frac = a - low  # exact (floor(a + 0.5) is not: just below a = 0.5, a + 0.5 rounds up to 1)
         if ROUNDING == ROUND_EVEN:
