@@ -90,14 +90,13 @@ def _fold_(h: torch.Tensor, factor: torch.Tensor, scratch: torch.Tensor) -> torc
     """h = low word ^ high word of the 64-bit product h * factor, in place on int64 tensors holding 32-bit words
     (the product of two such words is below 2^64; torch's int64 multiply keeps its low 64 bits)."""
     h.mul_(factor)
-    torch.bitwise_right_shift(h, _WORD_BITS, out=scratch).bitwise_and_(_WORD)
-    return h.bitwise_and_(_WORD).bitwise_xor_(scratch)
+    return h.bitwise_xor_(torch.bitwise_right_shift(h, _WORD_BITS, out=scratch)).bitwise_and_(_WORD)
 
 
 def _pair_hash_(pair: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """The 32-bit hashes of the int32 pair indices ``pair`` (overwritten), as int64 words (``uniform_from_index``)."""
     pair.bitwise_xor_(seed[0].to(torch.int32)).mul_(_GOLDEN).add_(seed[1].to(torch.int32))  # int32 wraps mod 2^32
-    word = pair.to(torch.int64).bitwise_and_(_WORD)
+    word = pair.view(torch.uint32).to(torch.int64)  # the unsigned word
     scratch = torch.empty_like(word)
     for factor in _FOLD_FACTORS:
         _fold_(word, factor, scratch)
@@ -115,7 +114,7 @@ def _uniform_(h: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
 
 def _flat_uniform(rows: int, cols: int, seed: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``uniform_from_index`` of the row-major flat indices of a (rows, cols) tensor, from one hash per element
-    pair: the hash's low and high 16 bits are the two int16 halves of its 32-bit word, in element order on a
+    pair: the hash's low and high 16 bits are the two 16-bit halves of its 32-bit word, in element order on a
     little-endian machine (as every machine torch runs on)."""
     count = rows * cols
     pairs = (count + 1) // 2
@@ -123,9 +122,8 @@ def _flat_uniform(rows: int, cols: int, seed: torch.Tensor, device: torch.device
         index = torch.arange(pairs, dtype=torch.int32, device=device)
     else:  # the element index wraps mod 2^32, so the pair index mod 2^31
         index = torch.arange(pairs, device=device).bitwise_and_(0x7FFFFFFF).to(torch.int32)
-    halves = _pair_hash_(index, seed).to(torch.int32).view(torch.int16)[:count]
-    draws = halves.to(torch.int32).bitwise_and_(_LOW_HALF)
-    return draws.to(torch.float32).mul_(_INV_2_16).view(rows, cols)
+    halves = _pair_hash_(index, seed).to(torch.int32).view(torch.uint16)[:count]
+    return halves.to(torch.float32).mul_(_INV_2_16).view(rows, cols)
 
 
 def uniform_from_index(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
