@@ -148,11 +148,12 @@ def _round_to_step(t, binade_bits, MAN_BITS: tl.constexpr, UP: tl.constexpr):
                                                 is_pure=True, pack=1)
         return rounded - magic
     else:
+        steps = t * _inverse_step(binade_bits, MAN_BITS)
         step = binade_bits.to(tl.float32, bitcast=True) * (2.0**-MAN_BITS)
         if UP:
-            return tl.ceil(t * _inverse_step(binade_bits, MAN_BITS)) * step + 0.0
+            return tl.ceil(steps) * step + 0.0
         else:
-            return tl.floor(t * _inverse_step(binade_bits, MAN_BITS)) * step
+            return tl.floor(steps) * step
 
 
 @triton.jit
